@@ -1,0 +1,93 @@
+"""``yurt`` command line: global options, then a command, each in its own module.
+
+Command modules are imported only when their command runs, so ``yurt exec``
+pays for nothing else.  User errors print one ``yurt: error:`` line and exit
+non-zero; a traceback appears only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# name -> (module, summary).  Each module has ``main(argv, ctx) -> int`` and ``FLAGS``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "exec": ("yurt.cli.actions", "Run a command inside a container"),
+    "run": ("yurt.cli.actions", "Run the image's runscript (or Entrypoint + Cmd)"),
+    "shell": ("yurt.cli.actions", "Start an interactive shell inside a container"),
+    "build": ("yurt.cli.build", "Build a SIF or sandbox image from a directory"),
+    "inspect": ("yurt.cli.inspect", "Show an image's metadata"),
+    "run-help": ("yurt.cli.inspect", "Show an image's help text"),
+    "version": ("yurt.cli.misc", "Show the yurt version"),
+    "help": ("yurt.cli.misc", "Show help for a command"),
+}
+
+
+class Context:
+    """Global options shared by every command."""
+
+    def __init__(self, debug: bool = False, quiet: bool = False) -> None:
+        self.debug = debug
+        self.quiet = quiet
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ctx = Context(debug=_truthy("YURT_DEBUG"), quiet=_truthy("YURT_QUIET"))
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        opt = argv[i]
+        if opt in ("-d", "--debug"):
+            ctx.debug = True
+        elif opt in ("-q", "--quiet", "-s", "--silent"):
+            ctx.quiet = True
+        elif opt in ("-h", "--help"):
+            argv = ["help"]
+            i = 0
+            break
+        elif opt in ("--version", "-V"):
+            argv = ["version"]
+            i = 0
+            break
+        else:
+            return _fail(f"unknown global option {opt}", "see 'yurt help'")
+        i += 1
+    if ctx.quiet:
+        os.environ["YURT_QUIET"] = "1"
+    if i >= len(argv):
+        argv, i = ["help"], 0
+    command, rest = argv[i], argv[i + 1:]
+    entry = COMMANDS.get(command)
+    if entry is None:
+        return _fail(f"unknown command {command!r}", "see 'yurt help' for the list")
+    try:
+        import importlib
+
+        module = importlib.import_module(entry[0])
+        return int(module.main(command, rest, ctx) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as e:  # noqa: BLE001 - the one place that turns errors into exit codes
+        from yurt.errors import YurtError
+
+        if isinstance(e, SystemExit):
+            raise
+        if ctx.debug:
+            import traceback
+
+            traceback.print_exc()
+        if isinstance(e, YurtError):
+            return _fail(str(e), code=e.exit_code)
+        if isinstance(e, OSError):
+            return _fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+        return _fail(f"internal error: {type(e).__name__}: {e}", "rerun with --debug and report it")
+
+
+def _fail(message: str, hint: str | None = None, code: int = 255) -> int:
+    text = f"yurt: error: {message}" + (f" ({hint})" if hint else "")
+    sys.stderr.write(text + "\n")
+    return code

@@ -1,0 +1,165 @@
+"""Declarative flags, each also settable as a ``YURT_<FLAG>`` environment variable.
+
+A tiny parser instead of argparse: ``yurt exec`` runs once per MPI rank and
+argparse alone costs several milliseconds to import and build.  Each
+:class:`Flag` lists its spellings, kind and help, so usage text and the
+environment binding come from the same table (as Apptainer's ``cmdline.Flag``
+does).  Action commands stop at the first positional argument (the image):
+everything after it belongs to the payload.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from yurt.errors import UsageError
+
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off", "")
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str
+    kind: str = "bool"  # bool | value | list | int
+    short: str | None = None
+    help: str = ""
+    metavar: str = "VALUE"
+    aliases: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+    def env_names(self) -> tuple[str, ...]:
+        return ("YURT_" + self.name.replace("-", "_").upper(), *self.env)
+
+    def default(self) -> object:
+        return {"bool": False, "list": [], "int": None, "value": None}[self.kind]
+
+
+def parse(argv: list[str], flags: list[Flag], *, stop_at_positional: bool,
+          environ: dict[str, str] | None = None) -> tuple[dict[str, object], list[str]]:
+    """Return ``(values, positionals)``; values keyed by ``Flag.dest``."""
+    by_long: dict[str, Flag] = {}
+    by_short: dict[str, Flag] = {}
+    for f in flags:
+        by_long[f.name] = f
+        for a in f.aliases:
+            by_long[a] = f
+        if f.short:
+            by_short[f.short] = f
+    values: dict[str, object] = {}
+    positionals: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            positionals.extend(argv[i:])
+            break
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, inline = arg[2:].partition("=")
+            flag = by_long.get(name)
+            if flag is None:
+                raise UsageError(f"unknown option --{name}", "see 'yurt help COMMAND'")
+            i = _take(flag, inline if eq else None, argv, i, values, f"--{name}")
+        elif arg.startswith("-") and len(arg) > 1 and not _is_number(arg):
+            j = 1
+            while j < len(arg):
+                flag = by_short.get(arg[j])
+                if flag is None:
+                    raise UsageError(f"unknown option -{arg[j]}", "see 'yurt help COMMAND'")
+                if flag.kind == "bool":
+                    values[flag.dest] = True
+                    j += 1
+                    continue
+                rest = arg[j + 1:]
+                i = _take(flag, rest if rest else None, argv, i, values, f"-{arg[j]}")
+                break
+        else:
+            positionals.append(arg)
+            if stop_at_positional:
+                positionals.extend(argv[i:])
+                break
+    _from_environment(flags, values, os.environ if environ is None else environ)
+    for f in flags:
+        values.setdefault(f.dest, f.default())
+    return values, positionals
+
+
+def _is_number(arg: str) -> bool:
+    try:
+        float(arg)
+        return True
+    except ValueError:
+        return False
+
+
+def _take(flag: Flag, inline: str | None, argv: list[str], i: int, values: dict[str, object], spelled: str) -> int:
+    if flag.kind == "bool":
+        if inline is None:
+            values[flag.dest] = True
+        else:
+            values[flag.dest] = _boolean(inline, spelled)
+        return i
+    if inline is None:
+        if i >= len(argv):
+            raise UsageError(f"option {spelled} needs a value ({flag.metavar})")
+        inline = argv[i]
+        i += 1
+    _store(flag, inline, values, spelled)
+    return i
+
+
+def _store(flag: Flag, raw: str, values: dict[str, object], spelled: str) -> None:
+    if flag.kind == "list":
+        values.setdefault(flag.dest, [])
+        values[flag.dest].append(raw)  # type: ignore[union-attr]
+    elif flag.kind == "int":
+        try:
+            values[flag.dest] = int(raw)
+        except ValueError:
+            raise UsageError(f"option {spelled} expects a number, got {raw!r}")
+    else:
+        values[flag.dest] = raw
+
+
+def _boolean(raw: str, spelled: str) -> bool:
+    low = raw.strip().lower()
+    if low in TRUE:
+        return True
+    if low in FALSE:
+        return False
+    raise UsageError(f"{spelled} expects true or false, got {raw!r}")
+
+
+def _from_environment(flags: list[Flag], values: dict[str, object], environ) -> None:
+    for f in flags:
+        if f.dest in values:
+            continue
+        for name in f.env_names():
+            raw = environ.get(name)
+            if raw is None:
+                continue
+            if f.kind == "bool":
+                values[f.dest] = _boolean(raw, name)
+            elif f.kind == "list":
+                values[f.dest] = [raw]
+            else:
+                _store(f, raw, values, name)
+            break
+
+
+def usage(command: str, synopsis: str, summary: str, flags: list[Flag]) -> str:
+    lines = [f"Usage: yurt {command} {synopsis}", "", summary, "", "Options:"]
+    for f in flags:
+        spell = (f"-{f.short}, " if f.short else "    ") + f"--{f.name}"
+        if f.kind != "bool":
+            spell += f" {f.metavar}"
+        lines.append(f"  {spell:<30} {f.help}")
+    lines.append("")
+    lines.append("Every option can also be set as YURT_<OPTION> in the environment (e.g. YURT_BIND).")
+    return "\n".join(lines)

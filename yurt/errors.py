@@ -1,0 +1,50 @@
+"""One error hierarchy for the whole project.
+
+The CLI catches :class:`YurtError`, prints ``yurt: error: <message>`` on one
+line and exits with :attr:`YurtError.exit_code`.  Anything else is a bug and
+gets a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+
+class YurtError(Exception):
+    """A failure yurt can explain in one line (exit code 255 by default)."""
+
+    exit_code = 255
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UsageError(YurtError):
+    """The command line itself is wrong (unknown flag, missing argument)."""
+
+
+class ImageError(YurtError):
+    """An image is missing, unreadable, malformed or hostile."""
+
+
+class RuntimeSetupError(YurtError):
+    """The container could not be set up (namespaces, mounts, id maps)."""
+
+
+class PayloadNotFound(YurtError):
+    """The program to run does not exist in the container (like a shell's 127)."""
+
+    exit_code = 127
+
+
+class PayloadNotExecutable(YurtError):
+    """The program exists but cannot be executed (like a shell's 126)."""
+
+    exit_code = 126
+
+
+class BuildError(YurtError):
+    """An image build failed."""

@@ -1,0 +1,1 @@
+"""Image formats: SIF, squashfs, sandbox directories."""

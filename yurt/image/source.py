@@ -1,0 +1,102 @@
+"""Open what the user named as an image: a SIF, a plain squashfs, or a directory.
+
+Only cheap work happens here (the SIF header and descriptor table are read, no
+partition data), because this is on the ``yurt exec`` hot path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+
+from yurt.errors import ImageError
+
+SQUASHFS_MAGIC = b"hsqs"
+SIF_MAGIC_OFFSET = 32
+SIF_MAGIC = b"SIF_MAGIC"
+REMOTE_SCHEMES = ("docker://", "oras://", "library://", "shub://", "oci:", "oci-archive:",
+                  "docker-archive:", "http://", "https://", "instance://")
+
+
+@dataclass
+class Image:
+    """An image on disk and the metadata the launcher needs from it."""
+
+    path: str
+    kind: str  # "sif", "squashfs" or "sandbox"
+    offset: int = 0
+    size: int = 0
+    objects: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path.rstrip("/"))
+
+    def oci_config(self) -> dict | None:
+        raw = self.objects.get("oci-config.json")
+        if raw is None and self.kind == "sandbox":
+            raw = _read_small(os.path.join(self.path, ".singularity.d", "oci-config.json"))
+        if not raw:
+            return None
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise ImageError(f"{self.path}: the image's OCI config is not valid JSON")
+        # Accept both a full image config and its "config" member.
+        return doc.get("config", doc) if isinstance(doc, dict) else None
+
+
+def _read_small(path: str, limit: int = 1 << 20) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except OSError:
+        return None
+
+
+def open_image(ref: str) -> Image:
+    if ref.startswith(REMOTE_SCHEMES):
+        scheme = ref.split(":", 1)[0]
+        raise ImageError(f"{scheme}: images are not supported by this yurt yet",
+                         "use a local .sif file or directory")
+    try:
+        st = os.stat(ref)
+    except FileNotFoundError:
+        raise ImageError(f"image {ref} not found", "give the path of a .sif file or a directory")
+    except OSError as e:
+        raise ImageError(f"cannot open image {ref}: {e.strerror}")
+    path = os.path.abspath(ref)
+    if stat.S_ISDIR(st.st_mode):
+        return Image(path=os.path.realpath(path), kind="sandbox")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(f"{ref} is neither a file nor a directory")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        raise ImageError(f"cannot read image {ref}: {e.strerror}")
+    if head[SIF_MAGIC_OFFSET:SIF_MAGIC_OFFSET + len(SIF_MAGIC)] == SIF_MAGIC:
+        return _open_sif(path)
+    if head[:4] == SQUASHFS_MAGIC:
+        return Image(path=path, kind="squashfs", offset=0, size=st.st_size)
+    raise ImageError(f"{ref} is not a SIF, squashfs or directory image")
+
+
+# SIF objects the launcher may use, by descriptor name; they are small.
+_WANTED_GENERIC = ("oci-config.json", "runscript")
+
+
+def _open_sif(path: str) -> Image:
+    from yurt.image.sif import DataType, SifFile
+
+    sif = SifFile.open(path)
+    part = sif.primary_partition()
+    image = Image(path=path, kind="sif", offset=part.offset, size=part.size)
+    for desc in sif.descriptors:
+        if desc.data_type in (DataType.GENERIC_JSON, DataType.GENERIC) and desc.name in _WANTED_GENERIC:
+            image.objects[desc.name] = sif.read_object(desc)
+        elif desc.data_type == DataType.ENVVAR:
+            image.objects["environment"] = sif.read_object(desc)
+    return image

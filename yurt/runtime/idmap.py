@@ -1,0 +1,121 @@
+"""User-namespace id maps: true identity, single-id fakeroot, subuid fakeroot.
+
+* True identity (the default): the user is the same UID/GID inside as
+  outside; supplementary groups are kept by the kernel (they still grant
+  access) but show as the overflow id inside, because an unprivileged process
+  may only map its own ids.
+* ``--fakeroot`` with no ``/etc/subuid`` range: 0 inside is the user outside.
+* ``--fakeroot`` with a range: 0 is the user, 1..N the range, written by the
+  setuid ``newuidmap``/``newgidmap`` tools from a helper forked *before* the
+  namespace exists (they must run in the parent namespace).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from yurt.errors import RuntimeSetupError
+from yurt.spec import IDMapping
+
+
+def true_identity(uid: int, gid: int) -> tuple[list[IDMapping], list[IDMapping]]:
+    return [IDMapping(uid, uid, 1)], [IDMapping(gid, gid, 1)]
+
+
+def subid_range(path: str, user: str, uid: int) -> tuple[int, int] | None:
+    """First ``start:count`` range of ``user`` (or its uid) in an ``/etc/sub[ug]id`` file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                parts = line.strip().split(":")
+                if len(parts) != 3 or parts[0] not in (user, str(uid)):
+                    continue
+                try:
+                    start, count = int(parts[1]), int(parts[2])
+                except ValueError:
+                    continue
+                if count > 0:
+                    return start, count
+    except OSError:
+        return None
+    return None
+
+
+def fakeroot_maps(uid: int, gid: int, user: str) -> tuple[list[IDMapping], list[IDMapping], bool]:
+    """Maps for ``--fakeroot``; the bool says whether newuidmap/newgidmap are needed."""
+    sub_u = subid_range("/etc/subuid", user, uid)
+    sub_g = subid_range("/etc/subgid", user, uid)
+    if sub_u and sub_g and shutil.which("newuidmap") and shutil.which("newgidmap"):
+        return (
+            [IDMapping(0, uid, 1), IDMapping(1, sub_u[0], sub_u[1])],
+            [IDMapping(0, gid, 1), IDMapping(1, sub_g[0], sub_g[1])],
+            True,
+        )
+    return [IDMapping(0, uid, 1)], [IDMapping(0, gid, 1)], False
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _format(maps: list[IDMapping]) -> str:
+    return "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in maps)
+
+
+def write_own_maps(uids: list[IDMapping], gids: list[IDMapping]) -> None:
+    """Write single-id maps for ourselves, as an unprivileged process may."""
+    try:
+        _write("/proc/self/setgroups", "deny")
+        _write("/proc/self/uid_map", _format(uids))
+        _write("/proc/self/gid_map", _format(gids))
+    except OSError as e:
+        raise RuntimeSetupError(f"cannot write user namespace id maps: {e.strerror}")
+
+
+class NewIdMapHelper:
+    """A child forked before ``unshare`` that runs newuidmap/newgidmap for us.
+
+    It waits on a pipe until the parent has created its user namespace, then
+    maps the parent's pid.  ``finish`` reports whether it worked so the caller
+    can fall back to a single-id map with a notice.
+    """
+
+    def __init__(self, uids: list[IDMapping], gids: list[IDMapping]) -> None:
+        self.parent = os.getpid()
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # helper
+            os.close(w)
+            try:
+                if os.read(r, 1) != b"g":
+                    os._exit(2)
+                ok = self._run("newuidmap", uids) and self._run("newgidmap", gids)
+                os._exit(0 if ok else 1)
+            except BaseException:
+                os._exit(3)
+        os.close(r)
+        self.pid, self.go = pid, w
+
+    def _run(self, tool: str, maps: list[IDMapping]) -> bool:
+        args = [tool, str(self.parent)]
+        for m in maps:
+            args += [str(m.container_id), str(m.host_id), str(m.size)]
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        pid = os.posix_spawnp(tool, args, dict(os.environ))
+        return os.waitpid(pid, 0)[1] == 0
+
+    def finish(self) -> bool:
+        os.write(self.go, b"g")
+        os.close(self.go)
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status) == 0
+
+    def cancel(self) -> None:
+        os.close(self.go)
+        os.waitpid(self.pid, 0)

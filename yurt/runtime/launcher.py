@@ -1,0 +1,183 @@
+"""ContainerSpec + Rootfs -> a running payload.  The only code that creates namespaces.
+
+The common case is a single process: create the namespaces, build the root,
+``execve`` the payload.  stdin/stdout/stderr, signals and the exit status are
+then the payload's own, and nothing of yurt stays in memory.  Only a PID
+namespace needs processes to stay behind (see :mod:`yurt.runtime.supervisor`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn
+
+from yurt import syscalls as sc
+from yurt.errors import PayloadNotExecutable, PayloadNotFound, RuntimeSetupError, YurtError
+from yurt.image.rootfs import Rootfs, notice
+from yurt.runtime import idmap, supervisor
+from yurt.runtime.environment import env_script_wrapper
+from yurt.runtime.mounts import MountExecutor
+from yurt.spec import NS_IPC, NS_MOUNT, NS_NET, NS_PID, NS_USER, NS_UTS, ContainerSpec
+
+_NS_FLAGS = {
+    NS_USER: sc.CLONE_NEWUSER,
+    NS_MOUNT: sc.CLONE_NEWNS,
+    NS_PID: sc.CLONE_NEWPID,
+    NS_IPC: sc.CLONE_NEWIPC,
+    NS_UTS: sc.CLONE_NEWUTS,
+    NS_NET: sc.CLONE_NEWNET,
+}
+RUNSCRIPT = "/.singularity.d/runscript"
+
+
+def launch(spec: ContainerSpec, rootfs: Rootfs) -> NoReturn:
+    """Run the container; never returns (exits with the payload's status)."""
+    idhelper = None
+    if spec.has(NS_USER) and spec.extras.fakeroot_multi:
+        idhelper = idmap.NewIdMapHelper(spec.uid_mappings, spec.gid_mappings)
+    flags = 0
+    for ns in spec.namespaces:
+        flags |= _NS_FLAGS.get(ns, 0)
+    try:
+        sc.unshare(flags)
+    except OSError as e:
+        rootfs.abandon()
+        if idhelper:
+            idhelper.cancel()
+        raise RuntimeSetupError(f"cannot create namespaces: {e.strerror}", _userns_hint(spec))
+    if spec.has(NS_USER):
+        if idhelper is None:
+            idmap.write_own_maps(spec.uid_mappings, spec.gid_mappings)
+        elif not idhelper.finish():
+            notice("newuidmap/newgidmap failed; using a single-id fakeroot map")
+            idmap.write_own_maps(spec.uid_mappings[:1], spec.gid_mappings[:1])
+    if spec.has(NS_NET):
+        _loopback_up()
+    if spec.has(NS_PID):
+        _run_with_pid_namespace(spec, rootfs)
+    MountExecutor(spec, rootfs).run()
+    exec_payload(spec, None)
+
+
+def _run_with_pid_namespace(spec: ContainerSpec, rootfs: Rootfs) -> NoReturn:
+    old_mask = supervisor.block_signals()
+    init = os.fork()
+    if init:
+        rootfs.abandon()  # our copies of helper fds; the init child keeps its own
+        os._exit(supervisor.supervise(init))
+    # PID 1 of the new namespace.
+    try:
+        sc.prctl(sc.PR_SET_PDEATHSIG, 9)  # the supervisor outside is killed: so are we
+        MountExecutor(spec, rootfs).run()
+        if not spec.extras.init:
+            exec_payload(spec, old_mask)
+        payload = os.fork()
+        if payload == 0:
+            exec_payload(spec, old_mask)
+        os._exit(supervisor.supervise(payload, reap_all=True))
+    except YurtError as e:
+        _die(e)
+    except BaseException as e:  # noqa: BLE001 - PID 1 must never return into the caller's code
+        _die(RuntimeSetupError(f"container init failed: {e}"), debug=spec.extras.debug)
+
+
+def exec_payload(spec: ContainerSpec, old_mask: set[int] | None) -> NoReturn:
+    """Inside the new root: hostname, cwd, environment, then ``execve``."""
+    try:
+        proc = spec.process
+        if spec.hostname and spec.has(NS_UTS):
+            sc.sethostname(spec.hostname)
+        _enter_cwd(proc.cwd, proc.fallback_cwd)
+        args = _final_args(spec)
+        supervisor.restore_for_exec(old_mask)
+        if proc.no_new_privileges:
+            sc.set_no_new_privs()
+        _execvpe(args, proc.env)
+    except YurtError as e:
+        _die(e)
+
+
+def _final_args(spec: ContainerSpec) -> list[str]:
+    args = list(spec.process.args)
+    if args and args[0] == RUNSCRIPT and not os.path.exists(RUNSCRIPT):
+        fallback = spec.annotations.get("yurt.run.fallback")
+        if not fallback:
+            raise YurtError("this image has no runscript", "use 'yurt exec IMAGE COMMAND' instead")
+        import json
+
+        args = json.loads(fallback)  # Entrypoint + (user args or Cmd)
+    if spec.extras.env_scripts and os.path.isdir("/.singularity.d/env"):
+        if os.path.exists("/bin/sh"):
+            text = env_script_wrapper(spec.extras.inject_env)
+            if spec.extras.env_script_text:
+                text = spec.extras.env_script_text + "\n" + text
+            args = ["/bin/sh", "-c", text, "yurt", *args]
+        elif spec.extras.debug:
+            os.write(2, b"yurt: debug: image has env scripts but no /bin/sh; not sourcing them\n")
+    return args
+
+
+def _execvpe(args: list[str], env: dict[str, str]) -> NoReturn:
+    if not args:
+        raise YurtError("no command to run")
+    try:
+        os.execvpe(args[0], args, env)
+    except FileNotFoundError:
+        where = "" if "/" in args[0] else f" (PATH={env.get('PATH', '')})"
+        raise PayloadNotFound(f"{args[0]}: command not found in the container{where}")
+    except PermissionError:
+        raise PayloadNotExecutable(f"{args[0]}: permission denied in the container")
+    except OSError as e:
+        raise PayloadNotExecutable(f"{args[0]}: cannot execute: {e.strerror}")
+
+
+def _enter_cwd(cwd: str, fallback: str | None) -> None:
+    try:
+        os.chdir(cwd)
+        return
+    except OSError:
+        pass
+    for alt in (fallback, "/"):
+        if alt:
+            try:
+                os.chdir(alt)
+                notice(f"{cwd} does not exist in the container; starting in {alt}")
+                return
+            except OSError:
+                continue
+
+
+def _loopback_up() -> None:
+    import fcntl
+    import socket
+    import struct
+
+    siocsifflags, iff_up_loopback_running = 0x8914, 0x1 | 0x8 | 0x40
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", iff_up_loopback_running))
+
+
+def _userns_hint(spec: ContainerSpec) -> str:
+    if not spec.has(NS_USER):
+        return "check that this kernel allows the requested namespaces"
+    for path, bad in (("/proc/sys/kernel/unprivileged_userns_clone", "0"),
+                      ("/proc/sys/user/max_user_namespaces", "0"),
+                      ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1")):
+        try:
+            with open(path) as f:
+                if f.read().strip() == bad:
+                    return f"unprivileged user namespaces are disabled here ({path} = {bad}); ask your admin"
+        except OSError:
+            continue
+    return "unprivileged user namespaces may be disabled or exhausted on this machine"
+
+
+def _die(e: YurtError, debug: bool = False) -> NoReturn:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    sys.stderr.write(f"yurt: error: {e}\n")
+    sys.stderr.flush()
+    os._exit(e.exit_code)

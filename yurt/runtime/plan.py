@@ -1,0 +1,274 @@
+"""What the user asked for (an ActionRequest) -> a ContainerSpec, as plain data.
+
+Everything Apptainer users rely on is decided here, without privileges, so it
+is unit-testable: default binds, ``--contain`` rules, identity, the mount
+order (dev, system files, kernel filesystems, home, tmp, generated files, user
+binds sorted by destination, then the working directory), environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from dataclasses import dataclass, field
+
+from yurt.errors import UsageError
+from yurt.image.source import Image
+from yurt.runtime import environment, idmap
+from yurt.spec import (
+    NS_IPC,
+    NS_MOUNT,
+    NS_NET,
+    NS_PID,
+    NS_USER,
+    NS_UTS,
+    ContainerSpec,
+    Mount,
+    Process,
+    YurtExtras,
+)
+
+SYSTEM_FILES = ("/etc/localtime", "/etc/hosts")
+
+
+@dataclass
+class ActionRequest:
+    action: str  # exec | run | shell
+    image: Image
+    args: list[str] = field(default_factory=list)
+    binds: list[str] = field(default_factory=list)
+    home: str | None = None
+    no_home: bool = False
+    pwd: str | None = None
+    contain: bool = False
+    containall: bool = False
+    pid: bool = False
+    ipc: bool = False
+    net: bool = False
+    uts: bool = False
+    hostname: str | None = None
+    cleanenv: bool = False
+    env: list[str] = field(default_factory=list)
+    env_file: str | None = None
+    fakeroot: bool = False
+    writable_tmpfs: bool = False
+    writable_tmpfs_size: int = 64
+    overlays: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    shell: str | None = None
+    no_init: bool = False
+    debug: bool = False
+
+
+@dataclass
+class Bind:
+    source: str
+    destination: str
+    readonly: bool = False
+
+
+def parse_binds(items: list[str]) -> list[Bind]:
+    """``src[:dst[:ro|rw]]``, comma separated, repeatable (Apptainer syntax)."""
+    out: list[Bind] = []
+    for item in items:
+        for spec in item.split(","):
+            spec = spec.strip()
+            if not spec:
+                continue
+            parts = spec.split(":")
+            if len(parts) > 3:
+                raise UsageError(f"bad bind {spec!r}", "use src[:dst[:ro|rw]]")
+            src = parts[0]
+            dst = parts[1] if len(parts) > 1 and parts[1] else src
+            opt = parts[2] if len(parts) > 2 else "rw"
+            if len(parts) == 2 and parts[1] in ("ro", "rw"):
+                dst, opt = src, parts[1]
+            if opt not in ("ro", "rw"):
+                raise UsageError(f"bad bind option {opt!r} in {spec!r}", "use ro or rw")
+            if not src.startswith("/"):
+                src = os.path.abspath(src)
+            if not dst.startswith("/"):
+                raise UsageError(f"bind destination {dst!r} must be an absolute path")
+            out.append(Bind(posixpath.normpath(src), posixpath.normpath(dst), opt == "ro"))
+    return out
+
+
+def _user_info(uid: int, gid: int) -> tuple[str, str, str, str]:
+    """(user name, gecos, shell, group name) of the caller, tolerant of missing entries."""
+    import grp
+    import pwd
+
+    try:
+        pw = pwd.getpwuid(uid)
+        name, gecos, shell = pw.pw_name, pw.pw_gecos, pw.pw_shell or "/bin/sh"
+    except KeyError:
+        name, gecos, shell = os.environ.get("USER", f"user{uid}"), "", "/bin/sh"
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = f"group{gid}"
+    return name, gecos, shell, group
+
+
+def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None) -> ContainerSpec:
+    host_env = dict(os.environ) if host_env is None else host_env
+    uid, gid = os.getuid(), os.getgid()
+    real_root = os.geteuid() == 0
+    contain = req.contain or req.containall
+    pid_ns = req.pid or req.containall
+    ipc_ns = req.ipc or req.containall
+    cleanenv = req.cleanenv or req.containall
+
+    namespaces = [NS_MOUNT]
+    uid_maps, gid_maps, multi = [], [], False
+    inside_uid, inside_gid = uid, gid
+    if not real_root:
+        namespaces.insert(0, NS_USER)
+        if req.fakeroot:
+            name = _user_info(uid, gid)[0]
+            uid_maps, gid_maps, multi = idmap.fakeroot_maps(uid, gid, name)
+            inside_uid = inside_gid = 0
+        else:
+            uid_maps, gid_maps = idmap.true_identity(uid, gid)
+    for wanted, ns in ((pid_ns, NS_PID), (ipc_ns, NS_IPC), (req.uts or bool(req.hostname), NS_UTS),
+                       (req.net, NS_NET)):
+        if wanted:
+            namespaces.append(ns)
+
+    user, gecos, shell, group = _user_info(uid, gid)
+    host_home = host_env.get("HOME") or os.path.expanduser("~")
+    home_src, home_dst = host_home, ("/root" if inside_uid == 0 and not real_root else host_home)
+    if req.home:
+        src, _, dst = req.home.partition(":")
+        home_src = os.path.abspath(src)
+        home_dst = dst or home_src
+        if not home_dst.startswith("/"):
+            raise UsageError(f"--home destination {home_dst!r} must be absolute")
+
+    mounts: list[Mount] = []
+    # 1. /dev
+    if contain:
+        mounts.append(Mount("/dev", "devdir"))
+    else:
+        mounts.append(Mount("/dev", "bind", "/dev", ["dev"]))
+    # 2. system files
+    for f in SYSTEM_FILES:
+        mounts.append(Mount(f, "bind", os.path.realpath(f), ["ro"], optional=True))
+    # 3. kernel filesystems
+    mounts.append(Mount("/proc", "proc") if pid_ns else Mount("/proc", "bind", "/proc"))
+    mounts.append(Mount("/sys", "sysfs") if req.net else Mount("/sys", "bind", "/sys"))
+    # 4. home
+    if not req.no_home:
+        if contain and not req.home:
+            mounts.append(Mount(home_dst, "tmpfs", None, ["mode=0700", f"uid={inside_uid}", f"gid={inside_gid}"]))
+        else:
+            mounts.append(Mount(home_dst, "bind", home_src))
+    # 5. /tmp and /var/tmp
+    for tmp in ("/tmp", "/var/tmp"):
+        if contain:
+            if req.workdir:
+                src = os.path.join(os.path.abspath(req.workdir), tmp.strip("/").replace("/", "_"))
+                os.makedirs(src, exist_ok=True)
+                mounts.append(Mount(tmp, "bind", src))
+            else:
+                mounts.append(Mount(tmp, "tmpfs", None, ["mode=1777"]))
+        else:
+            mounts.append(Mount(tmp, "bind", tmp, optional=True))
+    # 6. generated identity files and name resolution
+    ident = [f"name={user}", f"uid={inside_uid}", f"gid={inside_gid}", f"group={group}",
+             f"home={home_dst}", f"shell={shell}", f"gecos={gecos}"]
+    if inside_uid != 0:
+        mounts.append(Mount("/etc/passwd", "passwd", options=ident))
+        mounts.append(Mount("/etc/group", "group", options=ident))
+    mounts.append(Mount("/etc/resolv.conf", "bind", os.path.realpath("/etc/resolv.conf"), ["ro"],
+                        optional=True))
+    # 7. user binds, parents before children
+    for b in sorted(parse_binds(req.binds), key=lambda b: b.destination):
+        mounts.append(Mount(b.destination, "bind", b.source, ["ro"] if b.readonly else []))
+    # 8. the working directory, where it is not visible already
+    host_cwd = _host_cwd()
+    if host_cwd and not contain and not req.pwd:
+        mounts.append(Mount(host_cwd, "bind", host_cwd, ["if-not-visible"], optional=True))
+    image_env, fallback, workdir = _image_config(req)
+    cwd = req.pwd or (workdir if req.action == "run" and workdir else None) or (
+        home_dst if contain else host_cwd or home_dst)
+
+    inject = environment.injected_from_host(host_env)
+    if req.env_file:
+        inject.update(environment.parse_env_file(req.env_file))
+    inject.update(environment.parse_env_args(req.env))
+    container_vars = {
+        "YURT_CONTAINER": req.image.path,
+        "YURT_NAME": req.image.name,
+        "APPTAINER_CONTAINER": req.image.path,
+        "APPTAINER_NAME": req.image.name,
+        "SINGULARITY_CONTAINER": req.image.path,
+        "SINGULARITY_NAME": req.image.name,
+    }
+    if req.action == "shell":
+        container_vars["PS1"] = "Yurt> "
+    env, late = environment.build_environment(host_env, home=home_dst, cleanenv=cleanenv, image_env=image_env,
+                                              inject=inject, container_vars=container_vars)
+    args = _action_args(req, fallback)
+    env_text = req.image.objects.get("environment", b"").decode("utf-8", "replace")
+
+    annotations = {"yurt.action": req.action, "yurt.image": req.image.path}
+    if fallback:
+        annotations["yurt.run.fallback"] = json.dumps(fallback)
+    return ContainerSpec(
+        process=Process(args=args, env=env, cwd=cwd, uid=inside_uid, gid=inside_gid, fallback_cwd=home_dst),
+        namespaces=namespaces,
+        uid_mappings=uid_maps,
+        gid_mappings=gid_maps,
+        mounts=mounts,
+        hostname=req.hostname,
+        annotations=annotations,
+        extras=YurtExtras(
+            env_scripts=True,
+            inject_env=late,
+            env_script_text=env_text,
+            writable_tmpfs=req.writable_tmpfs,
+            session_size_mb=req.writable_tmpfs_size if req.writable_tmpfs else 16,
+            overlays=list(req.overlays),
+            init=not req.no_init,
+            fakeroot_multi=multi,
+            debug=req.debug,
+        ),
+    )
+
+
+def _host_cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
+def _image_config(req: ActionRequest) -> tuple[dict[str, str], list[str] | None, str | None]:
+    """OCI ``Env``, the docker-style ``Entrypoint + Cmd`` for ``run``, and ``WorkingDir``."""
+    cfg = req.image.oci_config() or {}
+    env: dict[str, str] = {}
+    for item in cfg.get("Env") or []:
+        k, sep, v = str(item).partition("=")
+        if sep:
+            env[k] = v
+    entry = list(cfg.get("Entrypoint") or [])
+    cmd = list(req.args) if req.args else list(cfg.get("Cmd") or [])  # docker run: args replace Cmd
+    fallback = [str(a) for a in entry + cmd] or None
+    return env, fallback, cfg.get("WorkingDir") or None
+
+
+def _action_args(req: ActionRequest, fallback: list[str] | None) -> list[str]:
+    if req.action == "exec":
+        if not req.args:
+            raise UsageError("exec needs a command", "yurt exec IMAGE COMMAND [ARGS...]")
+        return list(req.args)
+    if req.action == "shell":
+        if req.shell:
+            return [req.shell, *req.args]
+        return ["/bin/sh", "-c", 'if [ -x /bin/bash ]; then exec /bin/bash --norc "$@"; fi; exec /bin/sh "$@"',
+                "/bin/sh", *req.args]
+    if req.action == "run":
+        return ["/.singularity.d/runscript", *req.args]
+    raise UsageError(f"unknown action {req.action}")

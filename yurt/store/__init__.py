@@ -1,0 +1,1 @@
+"""Node-local caches with atomic writes (extracted images, later blobs)."""
