@@ -35,7 +35,10 @@ class Rootfs:
     description = "rootfs"
 
     def prepare(self) -> None:
-        """Host-side work before namespaces are created."""
+        """Host-side work before any namespace is created."""
+
+    def prepare_in_userns(self) -> None:
+        """Work that must happen inside the user namespace but outside the mount namespace."""
 
     def attach(self, mountpoint: str) -> str:
         """Make the tree available (inside the mount namespace); return its path."""
@@ -150,9 +153,19 @@ class FuseSquashfs(Rootfs):
         self.fuse_fd = -1
         self.go_fd = -1
 
-    def prepare(self) -> None:
-        # Raises PermissionError/FileNotFoundError when FUSE is unusable: the
-        # caller falls back to extraction.
+    @staticmethod
+    def usable() -> str | None:
+        """Why FUSE cannot be used here, or None.  Checked before any namespace exists."""
+        if not os.path.exists("/dev/fuse"):
+            return "/dev/fuse does not exist"
+        if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+            return "/dev/fuse is not accessible to you"
+        return None
+
+    def prepare_in_userns(self) -> None:
+        # The kernel wants /dev/fuse opened in the user namespace that mounts
+        # it; the helper is forked before the mount namespace exists, so it
+        # stays in the host's and the container's death unmounts its filesystem.
         self.fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
         r, w = os.pipe()
         pid = os.fork()
@@ -276,16 +289,10 @@ def squashfs_rootfs(path: str, offset: int, size: int, *, real_root: bool, unsqu
         except OSError as e:
             notice(f"kernel squashfs mount unavailable ({e.strerror}); trying squashfuse")
     binary = squashfuse_binary()
-    if binary is None:
-        reason = "squashfuse is not installed"
-    else:
-        fuse = FuseSquashfs(path, offset, binary, debug)
-        try:
-            fuse.prepare()
-            return fuse
-        except OSError as e:
-            reason = f"/dev/fuse is not usable ({e.strerror})"
-    rootfs = ExtractedSquashfs(path, offset, reason)
+    reason = "squashfuse is not installed" if binary is None else FuseSquashfs.usable()
+    if reason is None and binary is not None:
+        return FuseSquashfs(path, offset, binary, debug)
+    rootfs = ExtractedSquashfs(path, offset, reason or "")
     try:
         rootfs.prepare()
     except OSError as e:

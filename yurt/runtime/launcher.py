@@ -36,9 +36,28 @@ def launch(spec: ContainerSpec, rootfs: Rootfs) -> NoReturn:
     idhelper = None
     if spec.has(NS_USER) and spec.extras.fakeroot_multi:
         idhelper = idmap.NewIdMapHelper(spec.uid_mappings, spec.gid_mappings)
+    if spec.has(NS_USER):
+        _unshare(sc.CLONE_NEWUSER, spec, rootfs, idhelper)
+        if idhelper is None:
+            idmap.write_own_maps(spec.uid_mappings, spec.gid_mappings)
+        elif not idhelper.finish():
+            notice("newuidmap/newgidmap failed; using a single-id fakeroot map")
+            idmap.write_own_maps(spec.uid_mappings[:1], spec.gid_mappings[:1])
+    rootfs.prepare_in_userns()
     flags = 0
     for ns in spec.namespaces:
-        flags |= _NS_FLAGS.get(ns, 0)
+        if ns != NS_USER:
+            flags |= _NS_FLAGS.get(ns, 0)
+    _unshare(flags, spec, rootfs, None)
+    if spec.has(NS_NET):
+        _loopback_up()
+    if spec.has(NS_PID):
+        _run_with_pid_namespace(spec, rootfs)
+    MountExecutor(spec, rootfs).run()
+    exec_payload(spec, None)
+
+
+def _unshare(flags: int, spec: ContainerSpec, rootfs: Rootfs, idhelper: idmap.NewIdMapHelper | None) -> None:
     try:
         sc.unshare(flags)
     except OSError as e:
@@ -46,18 +65,6 @@ def launch(spec: ContainerSpec, rootfs: Rootfs) -> NoReturn:
         if idhelper:
             idhelper.cancel()
         raise RuntimeSetupError(f"cannot create namespaces: {e.strerror}", _userns_hint(spec))
-    if spec.has(NS_USER):
-        if idhelper is None:
-            idmap.write_own_maps(spec.uid_mappings, spec.gid_mappings)
-        elif not idhelper.finish():
-            notice("newuidmap/newgidmap failed; using a single-id fakeroot map")
-            idmap.write_own_maps(spec.uid_mappings[:1], spec.gid_mappings[:1])
-    if spec.has(NS_NET):
-        _loopback_up()
-    if spec.has(NS_PID):
-        _run_with_pid_namespace(spec, rootfs)
-    MountExecutor(spec, rootfs).run()
-    exec_payload(spec, None)
 
 
 def _run_with_pid_namespace(spec: ContainerSpec, rootfs: Rootfs) -> NoReturn:
