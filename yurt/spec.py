@@ -13,7 +13,7 @@ OCI lacks (``file``, ``passwd``, ``group``) and in :class:`YurtExtras`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from yurt.record import Record
 
 # Namespace names as the OCI runtime spec spells them.
 NS_USER = "user"
@@ -25,17 +25,17 @@ NS_NET = "network"
 NS_CGROUP = "cgroup"
 
 
-@dataclass
-class IDMapping:
+class IDMapping(Record):
     """``container_id .. container_id+size`` inside maps to ``host_id ..`` outside."""
 
+    __slots__ = ("container_id", "host_id", "size")
+    _defaults = {"size": 1}
     container_id: int
     host_id: int
-    size: int = 1
+    size: int
 
 
-@dataclass
-class Mount:
+class Mount(Record):
     """One step of the mount plan, executed in list order.
 
     ``kind`` is the filesystem type for kernel mounts (``tmpfs``, ``proc``,
@@ -47,32 +47,35 @@ class Mount:
     missing (e.g. the host has no ``/etc/localtime``).
     """
 
+    __slots__ = ("destination", "kind", "source", "options", "content", "optional")
+    _defaults = {"kind": "bind", "source": None, "options": list, "content": None, "optional": False}
     destination: str
-    kind: str = "bind"
-    source: str | None = None
-    options: list[str] = field(default_factory=list)
-    content: bytes | None = None
-    optional: bool = False
+    kind: str
+    source: str | None
+    options: list[str]
+    content: bytes | None
+    optional: bool
 
     @property
     def readonly(self) -> bool:
         return "ro" in self.options
 
 
-@dataclass
-class Process:
+class Process(Record):
+    """The payload.  ``fallback_cwd`` is used when ``cwd`` does not exist in the container."""
+
+    __slots__ = ("args", "env", "cwd", "uid", "gid", "no_new_privileges", "fallback_cwd")
+    _defaults = {"env": dict, "cwd": "/", "uid": 0, "gid": 0, "no_new_privileges": True, "fallback_cwd": None}
     args: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str = "/"
-    uid: int = 0
-    gid: int = 0
-    no_new_privileges: bool = True
-    # Fall back to this directory when ``cwd`` does not exist in the container.
-    fallback_cwd: str | None = None
+    env: dict[str, str]
+    cwd: str
+    uid: int
+    gid: int
+    no_new_privileges: bool
+    fallback_cwd: str | None
 
 
-@dataclass
-class YurtExtras:
+class YurtExtras(Record):
     """What yurt needs beyond the OCI fields.
 
     ``env_scripts`` asks the launcher to source ``/.singularity.d/env/*.sh`` with
@@ -82,28 +85,36 @@ class YurtExtras:
     tmpfs upper layer; ``overlays`` are ``--overlay`` directories.
     """
 
-    env_scripts: bool = False
-    inject_env: dict[str, str] = field(default_factory=dict)
-    env_script_text: str = ""
-    writable_tmpfs: bool = False
-    session_size_mb: int = 64
-    overlays: list[str] = field(default_factory=list)
-    init: bool = True
-    fakeroot_multi: bool = False
-    debug: bool = False
+    __slots__ = ("env_scripts", "inject_env", "env_script_text", "writable_tmpfs", "session_size_mb",
+                 "overlays", "init", "fakeroot_multi", "debug")
+    _defaults = {"env_scripts": False, "inject_env": dict, "env_script_text": "", "writable_tmpfs": False,
+                 "session_size_mb": 64, "overlays": list, "init": True, "fakeroot_multi": False, "debug": False}
+    env_scripts: bool
+    inject_env: dict[str, str]
+    env_script_text: str
+    writable_tmpfs: bool
+    session_size_mb: int
+    overlays: list[str]
+    init: bool
+    fakeroot_multi: bool
+    debug: bool
 
 
-@dataclass
-class ContainerSpec:
+class ContainerSpec(Record):
+    __slots__ = ("process", "namespaces", "uid_mappings", "gid_mappings", "mounts", "hostname",
+                 "root_readonly", "annotations", "extras")
+    _defaults = {"namespaces": lambda: [NS_USER, NS_MOUNT], "uid_mappings": list, "gid_mappings": list,
+                 "mounts": list, "hostname": None, "root_readonly": True, "annotations": dict,
+                 "extras": YurtExtras}
     process: Process
-    namespaces: list[str] = field(default_factory=lambda: [NS_USER, NS_MOUNT])
-    uid_mappings: list[IDMapping] = field(default_factory=list)
-    gid_mappings: list[IDMapping] = field(default_factory=list)
-    mounts: list[Mount] = field(default_factory=list)
-    hostname: str | None = None
-    root_readonly: bool = True
-    annotations: dict[str, str] = field(default_factory=dict)
-    extras: YurtExtras = field(default_factory=YurtExtras)
+    namespaces: list[str]
+    uid_mappings: list[IDMapping]
+    gid_mappings: list[IDMapping]
+    mounts: list[Mount]
+    hostname: str | None
+    root_readonly: bool
+    annotations: dict[str, str]
+    extras: YurtExtras
 
     def has(self, namespace: str) -> bool:
         return namespace in self.namespaces

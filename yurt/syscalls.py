@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -54,7 +53,7 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
 PR_SET_CHILD_SUBREAPER = 36
 
-_ARCH = platform.machine()
+_ARCH = os.uname().machine
 # Architecture-specific numbers of the calls glibc does not wrap.
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "riscv64": 41}.get(_ARCH)
 _SYS_SETNS = {"x86_64": 308, "aarch64": 268, "ppc64le": 350, "riscv64": 268}.get(_ARCH)

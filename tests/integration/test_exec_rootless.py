@@ -48,8 +48,12 @@ def test_user_appears_in_passwd_with_home(yurt_cmd, busybox_rootfs):
 def _shell_status(repo_root, *args) -> int:
     """The status a shell script sees (``$?``): 128+N for death by signal N."""
     cmd = " ".join([sys.executable, "-m", "yurt", *[f"'{a}'" for a in args]])
-    out = subprocess.run(["/bin/sh", "-c", f"{cmd}; echo $?"], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(repo_root)))
+    out = subprocess.run(
+        ["/bin/sh", "-c", f"{cmd}; echo $?"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(repo_root)),
+    )
     return int(out.stdout.split()[-1])
 
 
@@ -75,9 +79,21 @@ def test_stdin_stdout_stderr_are_the_payloads(yurt_cmd, busybox_rootfs):
 def test_payload_is_exec_not_child(busybox_rootfs, repo_root):
     """Without --pid, yurt replaces itself with the payload: same PID, signals go straight in."""
     env = dict(os.environ, PYTHONPATH=str(repo_root))
-    proc = subprocess.Popen([sys.executable, "-m", "yurt", "exec", str(busybox_rootfs), "sh", "-c",
-                             'trap "echo TERM; exit 9" TERM; echo $$; while :; do sleep 0.1; done'],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "yurt",
+            "exec",
+            str(busybox_rootfs),
+            "sh",
+            "-c",
+            'trap "echo TERM; exit 9" TERM; echo $$; while :; do sleep 0.1; done',
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert proc.stdout is not None
     reported = int(proc.stdout.readline())
     assert reported == proc.pid
@@ -88,9 +104,22 @@ def test_payload_is_exec_not_child(busybox_rootfs, repo_root):
 
 def test_signals_forwarded_through_pid_namespace(busybox_rootfs, repo_root):
     env = dict(os.environ, PYTHONPATH=str(repo_root))
-    proc = subprocess.Popen([sys.executable, "-m", "yurt", "exec", "--pid", str(busybox_rootfs), "sh", "-c",
-                             'trap "echo USR1; exit 5" USR1; echo ready; while :; do sleep 0.1; done'],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "yurt",
+            "exec",
+            "--pid",
+            str(busybox_rootfs),
+            "sh",
+            "-c",
+            'trap "echo USR1; exit 5" USR1; echo ready; while :; do sleep 0.1; done',
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline() == "ready\n"
     proc.send_signal(signal.SIGUSR1)
@@ -123,8 +152,16 @@ def test_default_binds_home_tmp_cwd(yurt_cmd, busybox_rootfs, tmp_path):
     marker = tmp_path / "marker"
     marker.write_text("tmp-visible\n")
     home = Path(os.path.expanduser("~"))
-    out = ok(yurt_cmd("exec", busybox_rootfs, "sh", "-c", f'cat {marker}; pwd; echo $HOME; test -d "$HOME" && echo homeok',
-                      cwd=tmp_path))
+    out = ok(
+        yurt_cmd(
+            "exec",
+            busybox_rootfs,
+            "sh",
+            "-c",
+            f'cat {marker}; pwd; echo $HOME; test -d "$HOME" && echo homeok',
+            cwd=tmp_path,
+        )
+    )
     assert out.splitlines() == ["tmp-visible", str(tmp_path), str(home), "homeok"]
     # /var/tmp too, and writes land on the host
     vt = Path("/var/tmp") / f"yurt-test-{os.getpid()}"
@@ -154,8 +191,17 @@ def test_bind_flags(yurt_cmd, busybox_rootfs, tmp_path):
     b.mkdir()
     (a / "fa").write_text("A")
     (b / "fb").write_text("B")
-    r = yurt_cmd("exec", "-B", f"{a}:/data/a,{b}:/mnt/b:ro", "--bind", f"{a}:/opt/again", busybox_rootfs, "sh", "-c",
-                 "cat /data/a/fa /mnt/b/fb /opt/again/fa; echo new > /data/a/new; touch /mnt/b/x 2>&1 || echo ro-ok")
+    r = yurt_cmd(
+        "exec",
+        "-B",
+        f"{a}:/data/a,{b}:/mnt/b:ro",
+        "--bind",
+        f"{a}:/opt/again",
+        busybox_rootfs,
+        "sh",
+        "-c",
+        "cat /data/a/fa /mnt/b/fb /opt/again/fa; echo new > /data/a/new; touch /mnt/b/x 2>&1 || echo ro-ok",
+    )
     out = ok(r)
     assert out.startswith("ABA")
     assert "ro-ok" in out
@@ -178,26 +224,55 @@ def test_home_options(yurt_cmd, busybox_rootfs, tmp_path):
     out = ok(yurt_cmd("exec", "-H", f"{fake_home}:/home/other", busybox_rootfs, "sh", "-c", "echo $HOME; cat ~/dot"))
     assert out == "/home/other\nhere"
     real_home = os.path.expanduser("~")
-    out = ok(yurt_cmd("exec", "--no-home", "--pwd", "/", busybox_rootfs, "sh", "-c",
-                      f"ls {real_home} 2>/dev/null | wc -l; pwd"))
+    out = ok(
+        yurt_cmd(
+            "exec", "--no-home", "--pwd", "/", busybox_rootfs, "sh", "-c", f"ls {real_home} 2>/dev/null | wc -l; pwd"
+        )
+    )
     assert out.split() == ["0", "/"]
 
 
 def test_contain_and_containall(yurt_cmd, busybox_rootfs, tmp_path):
     (tmp_path / "hostfile").write_text("x")
-    out = ok(yurt_cmd("exec", "--contain", busybox_rootfs, "sh", "-c", f"ls /dev; ls /tmp | wc -l; ls -a $HOME | wc -l; test -e {tmp_path}/hostfile || echo tmp-hidden"))
+    out = ok(
+        yurt_cmd(
+            "exec",
+            "--contain",
+            busybox_rootfs,
+            "sh",
+            "-c",
+            f"ls /dev; ls /tmp | wc -l; ls -a $HOME | wc -l; test -e {tmp_path}/hostfile || echo tmp-hidden",
+        )
+    )
     devs = set(out.split())
     assert {"null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx", "fd"} <= devs
     assert "tmp-hidden" in out
     env = {"YURT_TEST_HOSTVAR": "leak"}
-    out = ok(yurt_cmd("exec", "--containall", busybox_rootfs, "sh", "-c", "echo $$; echo [$YURT_TEST_HOSTVAR]; echo $LANG",
-                      env=env))
+    out = ok(
+        yurt_cmd(
+            "exec",
+            "--containall",
+            busybox_rootfs,
+            "sh",
+            "-c",
+            "echo $$; echo [$YURT_TEST_HOSTVAR]; echo $LANG",
+            env=env,
+        )
+    )
     assert out.split() == ["2", "[]", "C"]
 
 
 def test_minimal_dev_nodes_work(yurt_cmd, busybox_rootfs):
-    out = ok(yurt_cmd("exec", "-c", busybox_rootfs, "sh", "-c",
-                      "head -c 4 /dev/zero | wc -c; head -c 8 /dev/urandom | wc -c; echo x > /dev/null && echo null-ok"))
+    out = ok(
+        yurt_cmd(
+            "exec",
+            "-c",
+            busybox_rootfs,
+            "sh",
+            "-c",
+            "head -c 4 /dev/zero | wc -c; head -c 8 /dev/urandom | wc -c; echo x > /dev/null && echo null-ok",
+        )
+    )
     assert out.split() == ["4", "8", "null-ok"]
 
 
@@ -207,7 +282,9 @@ def test_uts_ipc_net_namespaces(yurt_cmd, busybox_rootfs):
     host_ipc = os.readlink("/proc/self/ns/ipc")
     out = ok(yurt_cmd("exec", "--ipc", busybox_rootfs, "readlink", "/proc/self/ns/ipc"))
     assert out.strip() != host_ipc
-    out = ok(yurt_cmd("exec", "--net", busybox_rootfs, "sh", "-c", "ls /sys/class/net; cat /sys/class/net/lo/operstate"))
+    out = ok(
+        yurt_cmd("exec", "--net", busybox_rootfs, "sh", "-c", "ls /sys/class/net; cat /sys/class/net/lo/operstate")
+    )
     names = out.split()
     assert names[:-1] == ["lo"]
     # host network by default
@@ -216,19 +293,30 @@ def test_uts_ipc_net_namespaces(yurt_cmd, busybox_rootfs):
 
 
 def test_fakeroot(yurt_cmd, busybox_rootfs):
-    out = ok(yurt_cmd("exec", "--fakeroot", busybox_rootfs, "sh", "-c", "id -u; id -g; echo $HOME; cat /proc/self/uid_map"))
+    out = ok(
+        yurt_cmd("exec", "--fakeroot", busybox_rootfs, "sh", "-c", "id -u; id -g; echo $HOME; cat /proc/self/uid_map")
+    )
     lines = out.splitlines()
     assert lines[0] == "0" and lines[1] == "0" and lines[2] == "/root"
     assert lines[3].split() == ["0", str(os.getuid()), "1"]
 
 
 def test_writable_tmpfs_is_discarded(yurt_cmd, busybox_rootfs):
-    out = ok(yurt_cmd("exec", "--writable-tmpfs", busybox_rootfs, "sh", "-c", "echo hi > /scratchfile; cat /scratchfile"))
+    out = ok(
+        yurt_cmd("exec", "--writable-tmpfs", busybox_rootfs, "sh", "-c", "echo hi > /scratchfile; cat /scratchfile")
+    )
     assert out == "hi\n"
     r = yurt_cmd("exec", busybox_rootfs, "cat", "/scratchfile")
     assert r.returncode != 0
-    r = yurt_cmd("exec", "--writable-tmpfs-size", "1", busybox_rootfs, "sh", "-c",
-                 "dd if=/dev/zero of=/big bs=1024 count=4096 2>/dev/null || echo full")
+    r = yurt_cmd(
+        "exec",
+        "--writable-tmpfs-size",
+        "1",
+        busybox_rootfs,
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/big bs=1024 count=4096 2>/dev/null || echo full",
+    )
     assert "full" in r.stdout
 
 
@@ -237,18 +325,45 @@ def test_overlay_dir_persists(yurt_cmd, busybox_rootfs, tmp_path):
     ov.mkdir()
     ok(yurt_cmd("exec", "--overlay", str(ov), busybox_rootfs, "sh", "-c", "mkdir -p /opt/app && echo v1 > /opt/app/f"))
     assert (ov / "upper" / "opt" / "app" / "f").read_text() == "v1\n"
-    out = ok(yurt_cmd("exec", "--overlay", f"{ov}:ro", busybox_rootfs, "sh", "-c", "cat /opt/app/f; touch /opt/app/g 2>&1 || echo ro"))
+    out = ok(
+        yurt_cmd(
+            "exec",
+            "--overlay",
+            f"{ov}:ro",
+            busybox_rootfs,
+            "sh",
+            "-c",
+            "cat /opt/app/f; touch /opt/app/g 2>&1 || echo ro",
+        )
+    )
     assert out.startswith("v1\n") and "ro" in out
 
 
 def test_environment_rules(yurt_cmd, busybox_rootfs, tmp_path):
     envfile = tmp_path / "env"
     envfile.write_text("# comment\nFROMFILE='file value'\nexport OVER=file\n")
-    env = {"HOSTVAR": "passes", "LD_LIBRARY_PATH": "/host/lib", "PATH": "/host/bin:/usr/bin",
-           "YURTENV_INJECTED": "yes", "YURTENV_PREPEND_PATH": "/first", "OVER": "host"}
-    out = ok(yurt_cmd("exec", "--env-file", str(envfile), "--env", "OVER=cli", busybox_rootfs, "sh", "-c",
-                      'echo "$HOSTVAR|$LD_LIBRARY_PATH|$PATH|$INJECTED|$FROMFILE|$OVER|$YURT_CONTAINER|$YURT_NAME"',
-                      env=env))
+    env = {
+        "HOSTVAR": "passes",
+        "LD_LIBRARY_PATH": "/host/lib",
+        "PATH": "/host/bin:/usr/bin",
+        "YURTENV_INJECTED": "yes",
+        "YURTENV_PREPEND_PATH": "/first",
+        "OVER": "host",
+    }
+    out = ok(
+        yurt_cmd(
+            "exec",
+            "--env-file",
+            str(envfile),
+            "--env",
+            "OVER=cli",
+            busybox_rootfs,
+            "sh",
+            "-c",
+            'echo "$HOSTVAR|$LD_LIBRARY_PATH|$PATH|$INJECTED|$FROMFILE|$OVER|$YURT_CONTAINER|$YURT_NAME"',
+            env=env,
+        )
+    )
     fields = out.strip().split("|")
     assert fields[0] == "passes"
     assert fields[1] == ""
@@ -262,9 +377,21 @@ def test_environment_rules(yurt_cmd, busybox_rootfs, tmp_path):
 def test_image_env_scripts_and_precedence(yurt_cmd, busybox_rootfs_copy):
     envd = busybox_rootfs_copy / ".singularity.d" / "env"
     envd.mkdir(parents=True, exist_ok=True)
-    (envd / "90-environment.sh").write_text('export IMGVAR=image\nexport OVERRIDE=image\nexport PATH="/opt/tool/bin:$PATH"\n')
-    out = ok(yurt_cmd("exec", "--env", "OVERRIDE=cli", busybox_rootfs_copy, "sh", "-c", 'echo "$IMGVAR $OVERRIDE $PATH"',
-                      env={"IMGVAR": "host"}))
+    (envd / "90-environment.sh").write_text(
+        'export IMGVAR=image\nexport OVERRIDE=image\nexport PATH="/opt/tool/bin:$PATH"\n'
+    )
+    out = ok(
+        yurt_cmd(
+            "exec",
+            "--env",
+            "OVERRIDE=cli",
+            busybox_rootfs_copy,
+            "sh",
+            "-c",
+            'echo "$IMGVAR $OVERRIDE $PATH"',
+            env={"IMGVAR": "host"},
+        )
+    )
     imgvar, override, path = out.split()
     assert imgvar == "image"  # image beats host
     assert override == "cli"  # --env beats image
@@ -305,8 +432,16 @@ def test_cli_errors(yurt_cmd, busybox_rootfs, tmp_path):
 
 def test_flags_from_environment(yurt_cmd, busybox_rootfs, tmp_path):
     (tmp_path / "f").write_text("x")
-    out = ok(yurt_cmd("exec", busybox_rootfs, "sh", "-c", f"test -e {tmp_path}/f && echo visible || echo hidden",
-                      env={"YURT_CONTAIN": "1"}))
+    out = ok(
+        yurt_cmd(
+            "exec",
+            busybox_rootfs,
+            "sh",
+            "-c",
+            f"test -e {tmp_path}/f && echo visible || echo hidden",
+            env={"YURT_CONTAIN": "1"},
+        )
+    )
     assert out.strip() == "hidden"
     out = ok(yurt_cmd("exec", busybox_rootfs, "cat", "/bound/f", env={"YURT_BIND": f"{tmp_path}:/bound"}))
     assert out == "x"
@@ -352,8 +487,12 @@ def test_sif_runs_via_squashfuse_and_helper_exits(yurt_cmd, busybox_sif):
 def test_sif_helper_cleaned_up_when_payload_killed(busybox_sif, repo_root):
     before = _squashfuse_pids()
     env = dict(os.environ, PYTHONPATH=str(repo_root))
-    proc = subprocess.Popen([sys.executable, "-m", "yurt", "exec", str(busybox_sif), "sh", "-c", "echo up; sleep 60"],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "yurt", "exec", str(busybox_sif), "sh", "-c", "echo up; sleep 60"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert proc.stdout is not None and proc.stdout.readline() == "up\n"
     proc.kill()
     proc.wait(timeout=10)

@@ -38,6 +38,9 @@ def _truthy(name: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ctx = Context(debug=_truthy("YURT_DEBUG"), quiet=_truthy("YURT_QUIET"))
+    # Errors after pivot_root are reported from inside the container, where the
+    # host's library is gone: load what reporting needs now.
+    from yurt.errors import YurtError
     i = 0
     while i < len(argv) and argv[i].startswith("-"):
         opt = argv[i]
@@ -65,15 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     if entry is None:
         return _fail(f"unknown command {command!r}", "see 'yurt help' for the list")
     try:
-        import importlib
-
-        module = importlib.import_module(entry[0])
+        module = __import__(entry[0], fromlist=["main"])
         return int(module.main(command, rest, ctx) or 0)
     except KeyboardInterrupt:
         return 130
     except BaseException as e:  # noqa: BLE001 - the one place that turns errors into exit codes
-        from yurt.errors import YurtError
-
         if isinstance(e, SystemExit):
             raise
         if ctx.debug:

@@ -11,7 +11,6 @@ everything after it belongs to the payload.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from yurt.errors import UsageError
 
@@ -19,15 +18,15 @@ TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off", "")
 
 
-@dataclass(frozen=True)
 class Flag:
-    name: str
-    kind: str = "bool"  # bool | value | list | int
-    short: str | None = None
-    help: str = ""
-    metavar: str = "VALUE"
-    aliases: tuple[str, ...] = ()
-    env: tuple[str, ...] = ()
+    """One option: ``kind`` is bool, value, list (repeatable) or int."""
+
+    __slots__ = ("name", "kind", "short", "help", "metavar", "aliases", "env")
+
+    def __init__(self, name: str, kind: str = "bool", short: str | None = None, help: str = "",
+                 metavar: str = "VALUE", aliases: tuple[str, ...] = (), env: tuple[str, ...] = ()) -> None:
+        self.name, self.kind, self.short, self.help = name, kind, short, help
+        self.metavar, self.aliases, self.env = metavar, aliases, env
 
     @property
     def dest(self) -> str:

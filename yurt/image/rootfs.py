@@ -21,9 +21,7 @@ inside the new mount namespace and returns the directory to use.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import stat
 import struct
 import sys
@@ -142,8 +140,17 @@ class KernelSquashfs(Rootfs):
 
 # --- squashfuse, unprivileged -----------------------------------------------
 
+def which(program: str) -> str | None:
+    """``shutil.which`` without importing shutil (and fnmatch, re) on the exec path."""
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", program)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 def squashfuse_binary() -> str | None:
-    return shutil.which("squashfuse_ll") or shutil.which("squashfuse")
+    return which("squashfuse_ll") or which("squashfuse")
 
 
 class FuseSquashfs(Rootfs):
@@ -246,6 +253,8 @@ class ExtractedSquashfs(Rootfs):
         self.dir = ""
 
     def cache_key(self) -> str:
+        import hashlib
+
         st = os.stat(self.path)
         ident = f"{os.path.realpath(self.path)}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0"
         return hashlib.sha256(f"{ident}{self.offset}".encode()).hexdigest()[:32]
@@ -267,6 +276,8 @@ class ExtractedSquashfs(Rootfs):
                     raise
             finally:
                 if os.path.lexists(tmp):
+                    import shutil
+
                     shutil.rmtree(tmp, ignore_errors=True)
         self.dir = final
 

@@ -6,12 +6,11 @@ partition data), because this is on the ``yurt exec`` hot path.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
-from dataclasses import dataclass, field
 
 from yurt.errors import ImageError
+from yurt.record import Record
 
 SQUASHFS_MAGIC = b"hsqs"
 SIF_MAGIC_OFFSET = 32
@@ -20,15 +19,16 @@ REMOTE_SCHEMES = ("docker://", "oras://", "library://", "shub://", "oci:", "oci-
                   "docker-archive:", "http://", "https://", "instance://")
 
 
-@dataclass
-class Image:
+class Image(Record):
     """An image on disk and the metadata the launcher needs from it."""
 
+    __slots__ = ("path", "kind", "offset", "size", "objects")
+    _defaults = {"offset": 0, "size": 0, "objects": dict}
     path: str
     kind: str  # "sif", "squashfs" or "sandbox"
-    offset: int = 0
-    size: int = 0
-    objects: dict[str, bytes] = field(default_factory=dict)
+    offset: int
+    size: int
+    objects: dict[str, bytes]
 
     @property
     def name(self) -> str:
@@ -40,6 +40,8 @@ class Image:
             raw = _read_small(os.path.join(self.path, ".singularity.d", "oci-config.json"))
         if not raw:
             return None
+        import json
+
         try:
             doc = json.loads(raw)
         except ValueError:

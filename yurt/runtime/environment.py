@@ -19,9 +19,6 @@ Rules follow Apptainer so that job scripts behave the same:
 
 from __future__ import annotations
 
-import os
-import shlex
-
 from yurt.errors import UsageError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -51,6 +48,8 @@ def parse_env_file(path: str) -> dict[str, str]:
         key, sep, value = line.partition("=")
         if not sep or not _valid_name(key):
             raise UsageError(f"{path}:{n}: expected KEY=VALUE, got {raw!r}")
+        import shlex
+
         try:
             parts = shlex.split(value, posix=True)
         except ValueError:
@@ -158,14 +157,15 @@ def env_script_wrapper(late: dict[str, str]) -> str:
     ]
     for k, v in late.items():
         if k == "PREPEND_PATH":
-            lines.append(f'export PATH={shlex.quote(v)}:"$PATH"')
+            lines.append(f'export PATH={sh_quote(v)}:"$PATH"')
         elif k == "APPEND_PATH":
-            lines.append(f'export PATH="$PATH":{shlex.quote(v)}')
+            lines.append(f'export PATH="$PATH":{sh_quote(v)}')
         else:
-            lines.append(f"export {k}={shlex.quote(v)}")
+            lines.append(f"export {k}={sh_quote(v)}")
     lines.append('exec "$@"')
     return "\n".join(lines)
 
 
-def current_environ() -> dict[str, str]:
-    return dict(os.environ)
+def sh_quote(value: str) -> str:
+    """Quote for POSIX sh (what ``shlex.quote`` does, without importing ``re``)."""
+    return "'" + value.replace("'", "'\"'\"'") + "'"

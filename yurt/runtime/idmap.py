@@ -13,9 +13,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 from yurt.errors import RuntimeSetupError
+from yurt.image.rootfs import which
 from yurt.spec import IDMapping
 
 
@@ -46,7 +46,7 @@ def fakeroot_maps(uid: int, gid: int, user: str) -> tuple[list[IDMapping], list[
     """Maps for ``--fakeroot``; the bool says whether newuidmap/newgidmap are needed."""
     sub_u = subid_range("/etc/subuid", user, uid)
     sub_g = subid_range("/etc/subgid", user, uid)
-    if sub_u and sub_g and shutil.which("newuidmap") and shutil.which("newgidmap"):
+    if sub_u and sub_g and which("newuidmap") and which("newgidmap"):
         return (
             [IDMapping(0, uid, 1), IDMapping(1, sub_u[0], sub_u[1])],
             [IDMapping(0, gid, 1), IDMapping(1, sub_g[0], sub_g[1])],

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NoReturn
 
 from yurt import syscalls as sc
 from yurt.errors import PayloadNotExecutable, PayloadNotFound, RuntimeSetupError, YurtError
@@ -19,6 +18,10 @@ from yurt.runtime import idmap, supervisor
 from yurt.runtime.environment import env_script_wrapper
 from yurt.runtime.mounts import MountExecutor
 from yurt.spec import NS_IPC, NS_MOUNT, NS_NET, NS_PID, NS_USER, NS_UTS, ContainerSpec
+
+TYPE_CHECKING = False  # typing costs milliseconds on the exec path
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 _NS_FLAGS = {
     NS_USER: sc.CLONE_NEWUSER,
@@ -32,7 +35,13 @@ RUNSCRIPT = "/.singularity.d/runscript"
 
 
 def launch(spec: ContainerSpec, rootfs: Rootfs) -> NoReturn:
-    """Run the container; never returns (exits with the payload's status)."""
+    """Run the container; never returns (exits with the payload's status).
+
+    Everything the code after ``pivot_root`` needs is computed first: from
+    then on the host's Python library is out of reach, so not a single module
+    may be imported (and none could be planted by the image).
+    """
+    plan = _ExecPlan(spec)
     idhelper = None
     if spec.has(NS_USER) and spec.extras.fakeroot_multi:
         idhelper = idmap.NewIdMapHelper(spec.uid_mappings, spec.gid_mappings)
@@ -52,9 +61,9 @@ def launch(spec: ContainerSpec, rootfs: Rootfs) -> NoReturn:
     if spec.has(NS_NET):
         _loopback_up()
     if spec.has(NS_PID):
-        _run_with_pid_namespace(spec, rootfs)
+        _run_with_pid_namespace(spec, rootfs, plan)
     MountExecutor(spec, rootfs).run()
-    exec_payload(spec, None)
+    exec_payload(spec, plan, None)
 
 
 def _unshare(flags: int, spec: ContainerSpec, rootfs: Rootfs, idhelper: idmap.NewIdMapHelper | None) -> None:
@@ -67,7 +76,24 @@ def _unshare(flags: int, spec: ContainerSpec, rootfs: Rootfs, idhelper: idmap.Ne
         raise RuntimeSetupError(f"cannot create namespaces: {e.strerror}", _userns_hint(spec))
 
 
-def _run_with_pid_namespace(spec: ContainerSpec, rootfs: Rootfs) -> NoReturn:
+class _ExecPlan:
+    """What ``exec_payload`` needs, prepared while the host's modules are still reachable."""
+
+    def __init__(self, spec: ContainerSpec) -> None:
+        self.fallback: list[str] | None = None
+        raw = spec.annotations.get("yurt.run.fallback")
+        if raw:
+            import json
+
+            self.fallback = json.loads(raw)
+        self.env_wrapper = env_script_wrapper(spec.extras.inject_env)
+        if spec.extras.env_script_text:
+            self.env_wrapper = spec.extras.env_script_text + "\n" + self.env_wrapper
+        if spec.extras.debug:
+            import traceback  # noqa: F401 - loaded now for error reports after the pivot
+
+
+def _run_with_pid_namespace(spec: ContainerSpec, rootfs: Rootfs, plan: _ExecPlan) -> NoReturn:
     old_mask = supervisor.block_signals()
     init = os.fork()
     if init:
@@ -78,10 +104,10 @@ def _run_with_pid_namespace(spec: ContainerSpec, rootfs: Rootfs) -> NoReturn:
         sc.prctl(sc.PR_SET_PDEATHSIG, 9)  # the supervisor outside is killed: so are we
         MountExecutor(spec, rootfs).run()
         if not spec.extras.init:
-            exec_payload(spec, old_mask)
+            exec_payload(spec, plan, old_mask)
         payload = os.fork()
         if payload == 0:
-            exec_payload(spec, old_mask)
+            exec_payload(spec, plan, old_mask)
         os._exit(supervisor.supervise(payload, reap_all=True))
     except YurtError as e:
         _die(e)
@@ -89,14 +115,14 @@ def _run_with_pid_namespace(spec: ContainerSpec, rootfs: Rootfs) -> NoReturn:
         _die(RuntimeSetupError(f"container init failed: {e}"), debug=spec.extras.debug)
 
 
-def exec_payload(spec: ContainerSpec, old_mask: set[int] | None) -> NoReturn:
+def exec_payload(spec: ContainerSpec, plan: _ExecPlan, old_mask: set[int] | None) -> NoReturn:
     """Inside the new root: hostname, cwd, environment, then ``execve``."""
     try:
         proc = spec.process
         if spec.hostname and spec.has(NS_UTS):
             sc.sethostname(spec.hostname)
         _enter_cwd(proc.cwd, proc.fallback_cwd)
-        args = _final_args(spec)
+        args = _final_args(spec, plan)
         supervisor.restore_for_exec(old_mask)
         if proc.no_new_privileges:
             sc.set_no_new_privs()
@@ -105,21 +131,15 @@ def exec_payload(spec: ContainerSpec, old_mask: set[int] | None) -> NoReturn:
         _die(e)
 
 
-def _final_args(spec: ContainerSpec) -> list[str]:
+def _final_args(spec: ContainerSpec, plan: _ExecPlan) -> list[str]:
     args = list(spec.process.args)
     if args and args[0] == RUNSCRIPT and not os.path.exists(RUNSCRIPT):
-        fallback = spec.annotations.get("yurt.run.fallback")
-        if not fallback:
+        if not plan.fallback:
             raise YurtError("this image has no runscript", "use 'yurt exec IMAGE COMMAND' instead")
-        import json
-
-        args = json.loads(fallback)  # Entrypoint + (user args or Cmd)
+        args = list(plan.fallback)  # Entrypoint + (user args or Cmd)
     if spec.extras.env_scripts and os.path.isdir("/.singularity.d/env"):
         if os.path.exists("/bin/sh"):
-            text = env_script_wrapper(spec.extras.inject_env)
-            if spec.extras.env_script_text:
-                text = spec.extras.env_script_text + "\n" + text
-            args = ["/bin/sh", "-c", text, "yurt", *args]
+            args = ["/bin/sh", "-c", plan.env_wrapper, "yurt", *args]
         elif spec.extras.debug:
             os.write(2, b"yurt: debug: image has env scripts but no /bin/sh; not sourcing them\n")
     return args

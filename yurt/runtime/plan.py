@@ -8,13 +8,12 @@ binds sorted by destination, then the working directory), environment.
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
-from dataclasses import dataclass, field
 
 from yurt.errors import UsageError
 from yurt.image.source import Image
+from yurt.record import Record
 from yurt.runtime import environment, idmap
 from yurt.spec import (
     NS_IPC,
@@ -32,40 +31,50 @@ from yurt.spec import (
 SYSTEM_FILES = ("/etc/localtime", "/etc/hosts")
 
 
-@dataclass
-class ActionRequest:
+class ActionRequest(Record):
+    """What ``yurt exec|run|shell`` was asked to do, flags already parsed."""
+
+    __slots__ = ("action", "image", "args", "binds", "home", "no_home", "pwd", "contain", "containall", "pid",
+                 "ipc", "net", "uts", "hostname", "cleanenv", "env", "env_file", "fakeroot", "writable_tmpfs",
+                 "writable_tmpfs_size", "overlays", "workdir", "shell", "no_init", "debug")
+    _defaults = {"args": list, "binds": list, "home": None, "no_home": False, "pwd": None, "contain": False,
+                 "containall": False, "pid": False, "ipc": False, "net": False, "uts": False, "hostname": None,
+                 "cleanenv": False, "env": list, "env_file": None, "fakeroot": False, "writable_tmpfs": False,
+                 "writable_tmpfs_size": 64, "overlays": list, "workdir": None, "shell": None, "no_init": False,
+                 "debug": False}
     action: str  # exec | run | shell
     image: Image
-    args: list[str] = field(default_factory=list)
-    binds: list[str] = field(default_factory=list)
-    home: str | None = None
-    no_home: bool = False
-    pwd: str | None = None
-    contain: bool = False
-    containall: bool = False
-    pid: bool = False
-    ipc: bool = False
-    net: bool = False
-    uts: bool = False
-    hostname: str | None = None
-    cleanenv: bool = False
-    env: list[str] = field(default_factory=list)
-    env_file: str | None = None
-    fakeroot: bool = False
-    writable_tmpfs: bool = False
-    writable_tmpfs_size: int = 64
-    overlays: list[str] = field(default_factory=list)
-    workdir: str | None = None
-    shell: str | None = None
-    no_init: bool = False
-    debug: bool = False
+    args: list[str]
+    binds: list[str]
+    home: str | None
+    no_home: bool
+    pwd: str | None
+    contain: bool
+    containall: bool
+    pid: bool
+    ipc: bool
+    net: bool
+    uts: bool
+    hostname: str | None
+    cleanenv: bool
+    env: list[str]
+    env_file: str | None
+    fakeroot: bool
+    writable_tmpfs: bool
+    writable_tmpfs_size: int
+    overlays: list[str]
+    workdir: str | None
+    shell: str | None
+    no_init: bool
+    debug: bool
 
 
-@dataclass
-class Bind:
+class Bind(Record):
+    __slots__ = ("source", "destination", "readonly")
+    _defaults = {"readonly": False}
     source: str
     destination: str
-    readonly: bool = False
+    readonly: bool
 
 
 def parse_binds(items: list[str]) -> list[Bind]:
@@ -215,6 +224,8 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None) -
 
     annotations = {"yurt.action": req.action, "yurt.image": req.image.path}
     if fallback:
+        import json
+
         annotations["yurt.run.fallback"] = json.dumps(fallback)
     return ContainerSpec(
         process=Process(args=args, env=env, cwd=cwd, uid=inside_uid, gid=inside_gid, fallback_cwd=home_dst),
@@ -254,8 +265,10 @@ def _image_config(req: ActionRequest) -> tuple[dict[str, str], list[str] | None,
         if sep:
             env[k] = v
     entry = list(cfg.get("Entrypoint") or [])
-    cmd = list(req.args) if req.args else list(cfg.get("Cmd") or [])  # docker run: args replace Cmd
-    fallback = [str(a) for a in entry + cmd] or None
+    cmd = list(cfg.get("Cmd") or [])
+    fallback = None
+    if req.action == "run" and (entry or cmd):
+        fallback = [str(a) for a in entry + (list(req.args) or cmd)]  # docker run: args replace Cmd
     return env, fallback, cfg.get("WorkingDir") or None
 
 
