@@ -19,7 +19,7 @@ class Record:
         names = self.__slots__
         if len(args) > len(names):
             raise TypeError(f"{type(self).__name__} takes at most {len(names)} positional arguments")
-        values = dict(zip(names, args))
+        values = dict(zip(names, args, strict=False))  # fewer args than fields is fine
         for key, value in kwargs.items():
             if key not in names or key in values:
                 raise TypeError(f"{type(self).__name__}: unexpected or repeated argument {key!r}")
