@@ -511,3 +511,67 @@ def test_unsquash_fallback_uses_local_cache(yurt_cmd, busybox_sif, tmp_path):
     assert ok(r) == "again\n" and "unpacking" not in r.stderr  # reused
     entries = [p for p in (tmp_path / "cache" / "unpacked").iterdir()]
     assert len(entries) == 1 and not entries[0].name.endswith(".tmp")
+
+
+def test_fakeroot_single_id_map(yurt_cmd, busybox_rootfs):
+    out = ok(
+        yurt_cmd("exec", "--fakeroot", "--ignore-subuid", busybox_rootfs, "sh", "-c", "id -u; cat /proc/self/uid_map")
+    )
+    lines = out.splitlines()
+    assert lines[0] == "0"
+    assert [line.split() for line in lines[1:]] == [["0", str(os.getuid()), "1"]]
+
+
+def test_fakeroot_subuid_range_when_available(yurt_cmd, busybox_rootfs):
+    import pwd
+
+    name = pwd.getpwuid(os.getuid()).pw_name
+    with open("/etc/subuid") as f:
+        if not any(line.split(":")[0] in (name, str(os.getuid())) for line in f):
+            pytest.skip("no /etc/subuid range for the test user")
+    out = ok(yurt_cmd("exec", "--fakeroot", busybox_rootfs, "cat", "/proc/self/uid_map"))
+    rows = [line.split() for line in out.splitlines()]
+    assert rows[0] == ["0", str(os.getuid()), "1"]
+    assert len(rows) == 2 and rows[1][0] == "1" and int(rows[1][2]) > 1
+
+
+def test_sif_objects_runscript_and_environment(yurt_cmd, busybox_rootfs, tmp_path):
+    """A SIF's own runscript and environment objects are used by run/exec."""
+    from yurt.image.pack import build_sif
+
+    sif = tmp_path / "objs.sif"
+    build_sif(
+        busybox_rootfs,
+        sif,
+        runscript=b'#!/bin/sh\necho "sif runscript: $* $FROM_SIF"\n',
+        env_script=b"export FROM_SIF=sif-env\n",
+    )
+    assert ok(yurt_cmd("run", "--unsquash", sif, "x", env={"YURT_LOCAL_CACHEDIR": str(tmp_path / "c")})) == (
+        "sif runscript: x sif-env\n"
+    )
+    out = ok(
+        yurt_cmd(
+            "exec", "--unsquash", sif, "sh", "-c", "echo $FROM_SIF", env={"YURT_LOCAL_CACHEDIR": str(tmp_path / "c")}
+        )
+    )
+    assert out == "sif-env\n"
+
+
+def test_oci_config_run_semantics(yurt_cmd, busybox_rootfs_copy):
+    """Entrypoint + Cmd, args replacing Cmd, WorkingDir and Env, as `docker run` does."""
+    import json
+
+    sd = busybox_rootfs_copy / ".singularity.d"
+    sd.mkdir(exist_ok=True)
+    (sd / "runscript").unlink(missing_ok=True)  # a runscript would win over the OCI config
+    (busybox_rootfs_copy / "work").mkdir()
+    cfg = {"Entrypoint": ["/bin/echo", "entry"], "Cmd": ["default"], "WorkingDir": "/work", "Env": ["OCIVAR=oci"]}
+    (sd / "oci-config.json").write_text(json.dumps(cfg))
+    assert ok(yurt_cmd("run", busybox_rootfs_copy)) == "entry default\n"
+    assert ok(yurt_cmd("run", busybox_rootfs_copy, "given")) == "entry given\n"
+    cfg["Entrypoint"] = ["/bin/sh", "-c", 'echo "$(pwd) $OCIVAR"']
+    cfg["Cmd"] = []
+    (sd / "oci-config.json").write_text(json.dumps(cfg))
+    assert ok(yurt_cmd("run", busybox_rootfs_copy)) == "/work oci\n"
+    # exec keeps the caller's working directory, as Apptainer users expect
+    assert ok(yurt_cmd("exec", busybox_rootfs_copy, "sh", "-c", "echo $OCIVAR")) == "oci\n"

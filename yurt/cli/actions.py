@@ -30,6 +30,7 @@ FLAGS = [
     Flag("unsquash", help="unpack a SIF into the node-local cache instead of mounting it"),
     Flag("no-init", help="with --pid, run the payload itself as PID 1"),
     Flag("shell", "value", "s", "shell to start (yurt shell)", "PATH"),
+    Flag("ignore-subuid", help="with --fakeroot, map only your own id even if /etc/subuid has a range"),
     Flag("help", short="h", help="show this help"),
 ]
 
@@ -77,6 +78,7 @@ def main(command: str, argv: list[str], ctx) -> int:
         workdir=values["workdir"],
         shell=values["shell"],
         no_init=values["no_init"],
+        ignore_subuid=values["ignore_subuid"],
         debug=ctx.debug,
     )
     spec = plan_container(req)

@@ -42,10 +42,11 @@ def subid_range(path: str, user: str, uid: int) -> tuple[int, int] | None:
     return None
 
 
-def fakeroot_maps(uid: int, gid: int, user: str) -> tuple[list[IDMapping], list[IDMapping], bool]:
+def fakeroot_maps(uid: int, gid: int, user: str, use_subid: bool = True) -> tuple[list[IDMapping],
+                                                                                 list[IDMapping], bool]:
     """Maps for ``--fakeroot``; the bool says whether newuidmap/newgidmap are needed."""
-    sub_u = subid_range("/etc/subuid", user, uid)
-    sub_g = subid_range("/etc/subgid", user, uid)
+    sub_u = subid_range("/etc/subuid", user, uid) if use_subid else None
+    sub_g = subid_range("/etc/subgid", user, uid) if use_subid else None
     if sub_u and sub_g and which("newuidmap") and which("newgidmap"):
         return (
             [IDMapping(0, uid, 1), IDMapping(1, sub_u[0], sub_u[1])],

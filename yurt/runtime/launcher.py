@@ -137,7 +137,7 @@ def _final_args(spec: ContainerSpec, plan: _ExecPlan) -> list[str]:
         if not plan.fallback:
             raise YurtError("this image has no runscript", "use 'yurt exec IMAGE COMMAND' instead")
         args = list(plan.fallback)  # Entrypoint + (user args or Cmd)
-    if spec.extras.env_scripts and os.path.isdir("/.singularity.d/env"):
+    if spec.extras.env_scripts and (spec.extras.env_script_text or os.path.isdir("/.singularity.d/env")):
         if os.path.exists("/bin/sh"):
             args = ["/bin/sh", "-c", plan.env_wrapper, "yurt", *args]
         elif spec.extras.debug:

@@ -36,12 +36,12 @@ class ActionRequest(Record):
 
     __slots__ = ("action", "image", "args", "binds", "home", "no_home", "pwd", "contain", "containall", "pid",
                  "ipc", "net", "uts", "hostname", "cleanenv", "env", "env_file", "fakeroot", "writable_tmpfs",
-                 "writable_tmpfs_size", "overlays", "workdir", "shell", "no_init", "debug")
+                 "writable_tmpfs_size", "overlays", "workdir", "shell", "no_init", "ignore_subuid", "debug")
     _defaults = {"args": list, "binds": list, "home": None, "no_home": False, "pwd": None, "contain": False,
                  "containall": False, "pid": False, "ipc": False, "net": False, "uts": False, "hostname": None,
                  "cleanenv": False, "env": list, "env_file": None, "fakeroot": False, "writable_tmpfs": False,
                  "writable_tmpfs_size": 64, "overlays": list, "workdir": None, "shell": None, "no_init": False,
-                 "debug": False}
+                 "ignore_subuid": False, "debug": False}
     action: str  # exec | run | shell
     image: Image
     args: list[str]
@@ -66,6 +66,7 @@ class ActionRequest(Record):
     workdir: str | None
     shell: str | None
     no_init: bool
+    ignore_subuid: bool
     debug: bool
 
 
@@ -136,7 +137,7 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None) -
         namespaces.insert(0, NS_USER)
         if req.fakeroot:
             name = _user_info(uid, gid)[0]
-            uid_maps, gid_maps, multi = idmap.fakeroot_maps(uid, gid, name)
+            uid_maps, gid_maps, multi = idmap.fakeroot_maps(uid, gid, name, use_subid=not req.ignore_subuid)
             inside_uid = inside_gid = 0
         else:
             uid_maps, gid_maps = idmap.true_identity(uid, gid)
@@ -195,7 +196,11 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None) -
     # 7. user binds, parents before children
     for b in sorted(parse_binds(req.binds), key=lambda b: b.destination):
         mounts.append(Mount(b.destination, "bind", b.source, ["ro"] if b.readonly else []))
-    # 8. the working directory, where it is not visible already
+    # 8. the SIF's runscript object, if it has one, is what `run` runs
+    runscript = req.image.objects.get("runscript")
+    if runscript is not None and req.action == "run":
+        mounts.append(Mount("/.singularity.d/runscript", "file", content=runscript, options=["exec"]))
+    # 9. the working directory, where it is not visible already
     host_cwd = _host_cwd()
     if host_cwd and not contain and not req.pwd:
         mounts.append(Mount(host_cwd, "bind", host_cwd, ["if-not-visible"], optional=True))
