@@ -1,0 +1,264 @@
+"""Shared fixtures and skip rules for the whole test suite.
+
+How the suite is run (see the Makefile's ``test`` target):
+
+* as an unprivileged user (``yurttest`` in CI): ``pytest -m "not root" tests``
+* then as root: ``pytest -m root tests``
+
+Markers (declare them on a test or a module with ``pytestmark = pytest.mark.X``):
+
+``@pytest.mark.root``
+    Needs real root (kernel squashfs mounts, loop devices, ...). Skipped automatically
+    when not running as root. The rootless CI pass deselects these.
+``@pytest.mark.fuse``
+    Needs a read-write openable ``/dev/fuse`` and ``squashfuse`` or ``squashfuse_ll`` on
+    ``PATH``. Skipped automatically otherwise.
+``@pytest.mark.userns``
+    Needs unprivileged user namespaces (``unshare -Urm true`` must work). Skipped
+    automatically otherwise. Most rootless ``yurt exec`` tests want this.
+``@pytest.mark.requires("mksquashfs", "ch-run")``
+    Needs these programs on ``PATH``; skipped (naming the missing ones) otherwise.
+
+The helpers below are plain functions, usable in ``skipif`` too::
+
+    from conftest import userns_available  # tests/ is on sys.path under pytest
+    @pytest.mark.skipif(not userns_available(), reason="no user namespaces")
+
+but prefer the markers above: they keep the skip reason uniform.
+
+Fixtures:
+
+``is_root``
+    ``True`` when the tests run with euid 0.
+``repo_root``
+    Path of the source tree the tests come from.
+``busybox_rootfs`` (session)
+    Path of a busybox root filesystem directory built by ``scripts/make-busybox-rootfs``.
+    Shared by the whole session: do not modify it; use ``busybox_rootfs_copy`` for a
+    private, writable copy.
+``busybox_rootfs_copy``
+    A private copy of the busybox rootfs in ``tmp_path``.
+``busybox_sif`` (session)
+    ``busybox.sif`` built from ``busybox_rootfs`` with ``yurt build`` (errors if the
+    build fails; skipped if mksquashfs is missing).
+``yurt_cmd``
+    ``run_yurt(*args, input=None, env=None, timeout=60, cwd=None, replace_env=False)``
+    runs ``python -m yurt ARGS`` with the interpreter running the tests and returns the
+    ``subprocess.CompletedProcess`` (text mode, stdout/stderr captured, never raises on a
+    non-zero exit). ``env`` is overlaid on the current environment (a value of ``None``
+    removes a variable); with ``replace_env=True`` it is used as the whole environment.
+    The source tree is put first on ``PYTHONPATH`` so the subprocess runs the same code
+    the tests import.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MAKE_ROOTFS = REPO_ROOT / "scripts" / "make-busybox-rootfs"
+BUSYBOX = Path("/bin/busybox")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+@functools.cache
+def userns_available() -> bool:
+    """Whether this process may create a user namespace (with a mount namespace) and map itself.
+
+    Tries ``unshare -Urm true`` (util-linux); falls back to ``unshare(2)`` in a forked child
+    when the ``unshare`` program is missing. Cached for the session.
+    """
+    unshare = shutil.which("unshare")
+    if unshare:
+        try:
+            proc = subprocess.run(
+                [unshare, "--user", "--map-root-user", "--mount", "true"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=20,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return proc.returncode == 0
+    return _unshare_probe()
+
+
+def _unshare_probe() -> bool:
+    import ctypes
+
+    clone_newuser, clone_newns = 0x10000000, 0x00020000
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            os._exit(0 if libc.unshare(clone_newuser | clone_newns) == 0 else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+@functools.cache
+def fuse_unavailable_reason() -> str | None:
+    """``None`` when FUSE mounts of squashfs images can work here, else why not."""
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"/dev/fuse is not usable: {exc.strerror}"
+    os.close(fd)
+    if not (shutil.which("squashfuse") or shutil.which("squashfuse_ll")):
+        return "neither squashfuse nor squashfuse_ll is on PATH"
+    return None
+
+
+def fuse_available() -> bool:
+    return fuse_unavailable_reason() is None
+
+
+def missing_tools(*tools: str) -> list[str]:
+    return [t for t in tools if shutil.which(t) is None]
+
+
+# --------------------------------------------------------------------------- collection
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # root and fuse are also declared in pyproject.toml; declaring them twice is harmless.
+    for line in (
+        "root: needs real root (kernel squashfs, loop devices); skipped otherwise",
+        "fuse: needs a usable /dev/fuse and squashfuse",
+        "userns: needs unprivileged user namespaces (unshare -Urm); skipped otherwise",
+        "requires(*programs): needs these programs on PATH; skipped otherwise",
+    ):
+        config.addinivalue_line("markers", line)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = is_root()
+    for item in items:
+        if item.get_closest_marker("root") is not None and not root:
+            item.add_marker(pytest.mark.skip(reason="needs root"))
+        if item.get_closest_marker("fuse") is not None:
+            reason = fuse_unavailable_reason()
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=f"needs FUSE: {reason}"))
+        if item.get_closest_marker("userns") is not None and not userns_available():
+            item.add_marker(pytest.mark.skip(reason="needs user namespaces (unshare -Urm true failed)"))
+        tools: list[str] = []
+        for mark in item.iter_markers("requires"):
+            tools.extend(mark.args)
+        missing = missing_tools(*tools)
+        if missing:
+            item.add_marker(pytest.mark.skip(reason="needs " + ", ".join(missing) + " on PATH"))
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session", name="is_root")
+def is_root_fixture() -> bool:
+    return is_root()
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+def _build_busybox_rootfs(dest: Path) -> Path:
+    if not (BUSYBOX.exists() and os.access(BUSYBOX, os.X_OK)):
+        pytest.skip("/bin/busybox missing (apt-get install busybox-static)")
+    proc = subprocess.run(
+        ["sh", str(MAKE_ROOTFS), str(dest)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/make-busybox-rootfs failed ({proc.returncode}):\n{proc.stderr}")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build_busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
+
+
+@pytest.fixture
+def busybox_rootfs_copy(busybox_rootfs: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "rootfs"
+    shutil.copytree(busybox_rootfs, dest, symlinks=True)
+    return dest
+
+
+RunYurt = Callable[..., subprocess.CompletedProcess]
+
+
+def _yurt_env(env: Mapping[str, str | None] | None, replace_env: bool) -> dict[str, str]:
+    base: dict[str, str] = {} if replace_env else dict(os.environ)
+    for key, value in (env or {}).items():
+        if value is None:
+            base.pop(key, None)
+        else:
+            base[key] = value
+    pythonpath = base.get("PYTHONPATH")
+    base["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + pythonpath if pythonpath else "")
+    return base
+
+
+def make_run_yurt(default_cwd: Path | None = None) -> RunYurt:
+    def run_yurt(
+        *args: str | os.PathLike[str],
+        input: str | None = None,
+        env: Mapping[str, str | None] | None = None,
+        timeout: float = 60,
+        cwd: str | os.PathLike[str] | None = None,
+        replace_env: bool = False,
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "yurt", *map(os.fspath, args)],
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=_yurt_env(env, replace_env),
+            timeout=timeout,
+            cwd=cwd if cwd is not None else default_cwd,
+            check=False,
+        )
+
+    return run_yurt
+
+
+@pytest.fixture
+def yurt_cmd(tmp_path: Path) -> RunYurt:
+    return make_run_yurt(default_cwd=tmp_path)
+
+
+@pytest.fixture(scope="session")
+def busybox_sif(busybox_rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if missing_tools("mksquashfs"):
+        pytest.skip("mksquashfs missing (apt-get install squashfs-tools)")
+    out = tmp_path_factory.mktemp("sif") / "busybox.sif"
+    proc = make_run_yurt(default_cwd=out.parent)("build", out, busybox_rootfs, timeout=300)
+    if proc.returncode != 0 or not out.is_file():
+        pytest.fail(f"yurt build failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return out
