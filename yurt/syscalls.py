@@ -135,6 +135,14 @@ def set_no_new_privs() -> None:
     prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
+def default_signal_action(signum: int) -> None:
+    """Reset a signal to SIG_DFL right before ``execve`` (Python ignores SIGPIPE and SIGXFSZ).
+
+    Done through libc so the exec path need not import ``signal`` (and ``enum``).
+    """
+    _libc.signal(ctypes.c_int(signum), ctypes.c_void_p(0))
+
+
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname", name)

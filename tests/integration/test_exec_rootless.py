@@ -575,3 +575,12 @@ def test_oci_config_run_semantics(yurt_cmd, busybox_rootfs_copy):
     assert ok(yurt_cmd("run", busybox_rootfs_copy)) == "/work oci\n"
     # exec keeps the caller's working directory, as Apptainer users expect
     assert ok(yurt_cmd("exec", busybox_rootfs_copy, "sh", "-c", "echo $OCIVAR")) == "oci\n"
+
+
+def test_payload_gets_default_signal_dispositions(yurt_cmd, busybox_rootfs):
+    """Python ignores SIGPIPE/SIGXFSZ and the supervisor blocks signals: none of it reaches the payload."""
+    for flags in ([], ["--pid"]):
+        out = ok(yurt_cmd("exec", *flags, busybox_rootfs, "cat", "/proc/self/status"))
+        fields = dict(line.split(":\t", 1) for line in out.splitlines() if ":\t" in line)
+        assert int(fields["SigIgn"], 16) == 0, flags
+        assert int(fields["SigBlk"], 16) == 0, flags

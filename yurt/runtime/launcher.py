@@ -14,7 +14,7 @@ import sys
 from yurt import syscalls as sc
 from yurt.errors import PayloadNotExecutable, PayloadNotFound, RuntimeSetupError, YurtError
 from yurt.image.rootfs import Rootfs, notice
-from yurt.runtime import idmap, supervisor
+from yurt.runtime import idmap
 from yurt.runtime.environment import env_script_wrapper
 from yurt.runtime.mounts import MountExecutor
 from yurt.spec import NS_IPC, NS_MOUNT, NS_NET, NS_PID, NS_USER, NS_UTS, ContainerSpec
@@ -94,6 +94,8 @@ class _ExecPlan:
 
 
 def _run_with_pid_namespace(spec: ContainerSpec, rootfs: Rootfs, plan: _ExecPlan) -> NoReturn:
+    from yurt.runtime import supervisor
+
     old_mask = supervisor.block_signals()
     init = os.fork()
     if init:
@@ -123,7 +125,12 @@ def exec_payload(spec: ContainerSpec, plan: _ExecPlan, old_mask: set[int] | None
             sc.sethostname(spec.hostname)
         _enter_cwd(proc.cwd, proc.fallback_cwd)
         args = _final_args(spec, plan)
-        supervisor.restore_for_exec(old_mask)
+        if old_mask is not None:  # only set under a PID namespace, where supervisor is loaded
+            from yurt.runtime import supervisor
+
+            supervisor.restore_mask(old_mask)
+        for signum in (13, 25):  # SIGPIPE, SIGXFSZ: Python ignores them, the payload must not
+            sc.default_signal_action(signum)
         if proc.no_new_privileges:
             sc.set_no_new_privs()
         _execvpe(args, proc.env)

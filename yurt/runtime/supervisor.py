@@ -29,12 +29,9 @@ def block_signals() -> set[int]:
     return signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
 
 
-def restore_for_exec(old_mask: set[int] | None) -> None:
-    """Give the payload a clean signal state: Python ignores SIGPIPE and SIGXFSZ."""
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
-    if old_mask is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+def restore_mask(old_mask: set[int]) -> None:
+    """Give the payload the signal mask yurt was started with."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
 def exit_code(status: int) -> int:
