@@ -90,11 +90,8 @@ def parse(argv: list[str], flags: list[Flag], *, stop_at_positional: bool,
 
 
 def _is_number(arg: str) -> bool:
-    try:
-        float(arg)
-        return True
-    except ValueError:
-        return False
+    """``-5``, ``-0.5``, ``-1e3`` are values; ``-inf`` is three short flags (no flag is a digit)."""
+    return arg[1:2].isdigit() or (arg[1:2] == "." and arg[2:3].isdigit())
 
 
 def _take(flag: Flag, inline: str | None, argv: list[str], i: int, values: dict[str, object], spelled: str) -> int:

@@ -48,7 +48,20 @@ def resolve_in_root(root: str, path: str) -> tuple[str, list[str]]:
         try:
             st = os.lstat(host)
         except FileNotFoundError:
-            return "/" + "/".join(resolved), [comp, *[p for p in pending]]
+            # Nothing below a missing directory can be a symlink, so the rest is
+            # lexical; a ".." back out of the missing part resumes real resolution.
+            missing = [comp]
+            while pending:
+                nxt = pending.pop(0)
+                if nxt != "..":
+                    missing.append(nxt)
+                    continue
+                missing.pop()
+                if not missing:
+                    break
+            if missing:
+                return "/" + "/".join(resolved), missing
+            continue
         except NotADirectoryError:
             raise EscapeError(20, f"{'/' + '/'.join(resolved)} is not a directory in the container")
         if stat.S_ISLNK(st.st_mode):

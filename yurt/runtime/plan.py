@@ -89,19 +89,22 @@ def parse_binds(items: list[str]) -> list[Bind]:
             parts = spec.split(":")
             if len(parts) > 3:
                 raise UsageError(f"bad bind {spec!r}", "use src[:dst[:ro|rw]]")
-            src = parts[0]
+            src = os.path.abspath(parts[0])
             dst = parts[1] if len(parts) > 1 and parts[1] else src
             opt = parts[2] if len(parts) > 2 else "rw"
             if len(parts) == 2 and parts[1] in ("ro", "rw"):
                 dst, opt = src, parts[1]
             if opt not in ("ro", "rw"):
                 raise UsageError(f"bad bind option {opt!r} in {spec!r}", "use ro or rw")
-            if not src.startswith("/"):
-                src = os.path.abspath(src)
             if not dst.startswith("/"):
                 raise UsageError(f"bind destination {dst!r} must be an absolute path")
-            out.append(Bind(posixpath.normpath(src), posixpath.normpath(dst), opt == "ro"))
+            out.append(Bind(_normalise(src), _normalise(dst), opt == "ro"))
     return out
+
+
+def _normalise(path: str) -> str:
+    """normpath, and one leading slash: POSIX lets normpath keep "//", which would sort wrongly."""
+    return "/" + posixpath.normpath(path).lstrip("/")
 
 
 def _user_info(uid: int, gid: int) -> tuple[str, str, str, str]:
