@@ -118,6 +118,11 @@ test-user:
 		echo "==> useradd -m $(TEST_USER)"
 		useradd -m -U -s /bin/bash '$(TEST_USER)'
 	fi
+	# A supplementary group, so the tests can check that groups survive the user namespace.
+	if ! id -nG '$(TEST_USER)' | grep -qw users; then
+		echo "==> usermod -aG users $(TEST_USER)"
+		usermod -aG users '$(TEST_USER)'
+	fi
 	for f in /etc/subuid /etc/subgid; do
 		touch "$$f"
 		if ! grep -q '^$(TEST_USER):' "$$f"; then

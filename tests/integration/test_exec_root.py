@@ -90,3 +90,50 @@ def test_unusable_fuse_falls_back_with_one_notice(busybox_sif, repo_root, shared
     assert r.stdout == "fell-back\n"
     notices = [line for line in r.stderr.splitlines() if line.startswith("yurt: notice:")]
     assert len(notices) == 1 and "/dev/fuse" in notices[0]
+
+
+def test_supplementary_groups_still_grant_access(busybox_rootfs, repo_root, shared_dir):
+    """A file only the test user's supplementary group may read stays readable in the container."""
+    import grp
+
+    user = os.environ.get("YURT_TEST_USER", "yurttest")
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        pytest.skip(f"the unprivileged test user {user} does not exist")
+    extra = [g.gr_gid for g in grp.getgrall() if user in g.gr_mem and g.gr_gid != pw.pw_gid]
+    if not extra:
+        pytest.skip(f"{user} has no supplementary group")
+    rootfs = os.path.join(shared_dir, "rootfs")
+    shutil.copytree(busybox_rootfs, rootfs, symlinks=True)
+    secret = os.path.join(shared_dir, "group-only")
+    with open(secret, "w") as f:
+        f.write("group ok\n")
+    os.chown(secret, 0, extra[0])
+    os.chmod(secret, 0o640)
+    r = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            user,
+            "--",
+            "env",
+            f"PYTHONPATH={repo_root}",
+            f"HOME={pw.pw_dir}",
+            sys.executable,
+            "-m",
+            "yurt",
+            "exec",
+            rootfs,
+            "cat",
+            secret,
+        ],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=120,
+    )
+    if r.returncode != 0 and "python" in r.stderr.lower() and "denied" in r.stderr:
+        pytest.skip(f"{user} cannot run {sys.executable}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "group ok\n"

@@ -595,3 +595,16 @@ def test_payload_gets_default_signal_dispositions(yurt_cmd, busybox_rootfs):
         assert ignored == bare[0], flags
         assert blocked == bare[1], flags
         assert not ignored & (1 << (signal.SIGPIPE - 1)) and not ignored & (1 << (signal.SIGXFSZ - 1)), flags
+
+
+def test_supplementary_groups_are_kept(yurt_cmd, busybox_rootfs):
+    """The kernel keeps the caller's groups in the user namespace; unmapped ones show as the
+    overflow gid.  (That they still grant access is checked by the root tests.)"""
+    groups = set(os.getgroups()) | {os.getgid()}
+    if len(groups) < 2:
+        pytest.skip("the test user has no supplementary group")
+    out = ok(yurt_cmd("exec", busybox_rootfs, "id", "-G"))
+    inside = out.split()
+    assert len(inside) == len(groups)
+    overflow = open("/proc/sys/kernel/overflowgid").read().strip()
+    assert str(os.getgid()) in inside and overflow in inside
