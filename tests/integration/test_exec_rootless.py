@@ -76,23 +76,22 @@ def test_stdin_stdout_stderr_are_the_payloads(yurt_cmd, busybox_rootfs):
     assert r.stdout == "from-stdin\n" and r.returncode == 3
 
 
+def _popen_yurt(repo_root, *args) -> subprocess.Popen:
+    """yurt running in the background, its stdout a pipe, to signal it while it runs."""
+    env = dict(os.environ, PYTHONPATH=str(repo_root))
+    cmd = [sys.executable, "-m", "yurt", *map(str, args)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+
+
 def test_payload_is_exec_not_child(busybox_rootfs, repo_root):
     """Without --pid, yurt replaces itself with the payload: same PID, signals go straight in."""
-    env = dict(os.environ, PYTHONPATH=str(repo_root))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "yurt",
-            "exec",
-            str(busybox_rootfs),
-            "sh",
-            "-c",
-            'trap "echo TERM; exit 9" TERM; echo $$; while :; do sleep 0.1; done',
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
+    proc = _popen_yurt(
+        repo_root,
+        "exec",
+        str(busybox_rootfs),
+        "sh",
+        "-c",
+        'trap "echo TERM; exit 9" TERM; echo $$; while :; do sleep 0.1; done',
     )
     assert proc.stdout is not None
     reported = int(proc.stdout.readline())
@@ -103,22 +102,14 @@ def test_payload_is_exec_not_child(busybox_rootfs, repo_root):
 
 
 def test_signals_forwarded_through_pid_namespace(busybox_rootfs, repo_root):
-    env = dict(os.environ, PYTHONPATH=str(repo_root))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "yurt",
-            "exec",
-            "--pid",
-            str(busybox_rootfs),
-            "sh",
-            "-c",
-            'trap "echo USR1; exit 5" USR1; echo ready; while :; do sleep 0.1; done',
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
+    proc = _popen_yurt(
+        repo_root,
+        "exec",
+        "--pid",
+        str(busybox_rootfs),
+        "sh",
+        "-c",
+        'trap "echo USR1; exit 5" USR1; echo ready; while :; do sleep 0.1; done',
     )
     assert proc.stdout is not None
     assert proc.stdout.readline() == "ready\n"
@@ -474,12 +465,8 @@ def _squashfuse_pids() -> set[int]:
     return {int(p) for p in out.split()}
 
 
-@pytest.mark.fuse
-def test_sif_runs_via_squashfuse_and_helper_exits(yurt_cmd, busybox_sif):
-    before = _squashfuse_pids()
-    r = yurt_cmd("--debug", "exec", busybox_sif, "sh", "-c", "echo in-sif; exit 3")
-    assert r.returncode == 3 and r.stdout == "in-sif\n"
-    assert "squashfuse" in r.stderr  # the strategy used, from the debug log
+def _assert_no_new_squashfuse(before: set[int]) -> None:
+    """The helper exits by itself once the container's mount namespace is gone (allow 5 s)."""
     deadline = time.time() + 5
     while _squashfuse_pids() - before and time.time() < deadline:
         time.sleep(0.05)
@@ -487,22 +474,22 @@ def test_sif_runs_via_squashfuse_and_helper_exits(yurt_cmd, busybox_sif):
 
 
 @pytest.mark.fuse
+def test_sif_runs_via_squashfuse_and_helper_exits(yurt_cmd, busybox_sif):
+    before = _squashfuse_pids()
+    r = yurt_cmd("--debug", "exec", busybox_sif, "sh", "-c", "echo in-sif; exit 3")
+    assert r.returncode == 3 and r.stdout == "in-sif\n"
+    assert "squashfuse" in r.stderr  # the strategy used, from the debug log
+    _assert_no_new_squashfuse(before)
+
+
+@pytest.mark.fuse
 def test_sif_helper_cleaned_up_when_payload_killed(busybox_sif, repo_root):
     before = _squashfuse_pids()
-    env = dict(os.environ, PYTHONPATH=str(repo_root))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "yurt", "exec", str(busybox_sif), "sh", "-c", "echo up; sleep 60"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc = _popen_yurt(repo_root, "exec", busybox_sif, "sh", "-c", "echo up; sleep 60")
     assert proc.stdout is not None and proc.stdout.readline() == "up\n"
     proc.kill()
     proc.wait(timeout=10)
-    deadline = time.time() + 5
-    while _squashfuse_pids() - before and time.time() < deadline:
-        time.sleep(0.05)
-    assert not (_squashfuse_pids() - before)
+    _assert_no_new_squashfuse(before)
 
 
 def test_unsquash_fallback_uses_local_cache(yurt_cmd, busybox_sif, tmp_path):
