@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("yurt.cli.actions", "Run the image's runscript (or Entrypoint + Cmd)"),
     "shell": ("yurt.cli.actions", "Start an interactive shell inside a container"),
     "build": ("yurt.cli.build", "Build a SIF or sandbox image from a directory"),
+    "cache": ("yurt.cli.cache", "List or clean the image caches"),
     "inspect": ("yurt.cli.inspect", "Show an image's metadata"),
     "run-help": ("yurt.cli.inspect", "Show an image's help text"),
     "version": ("yurt.cli.misc", "Show the yurt version"),
