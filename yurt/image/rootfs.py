@@ -265,7 +265,9 @@ class ExtractedSquashfs(Rootfs):
         root = os.path.join(local_cache_dir(), "unpacked")
         os.makedirs(root, mode=0o700, exist_ok=True)
         final = os.path.join(root, self.cache_key())
-        if not os.path.isdir(final):
+        if os.path.isdir(final):
+            os.utime(final)  # `yurt cache clean --days N` ages unpacked trees by their last use
+        else:
             notice(f"{self.reason}; unpacking {os.path.basename(self.path)} once into {final}")
             tmp = f"{final}.tmp-{os.getpid()}"
             try:
