@@ -51,7 +51,7 @@ def main(command: str, argv: list[str], ctx) -> int:
     from yurt.image.source import open_image
     from yurt.runtime.plan import ActionRequest, plan_container
 
-    image = open_image(positionals[0])
+    image = open_image(_pulled(positionals[0], ctx))
     size = values["writable_tmpfs_size"]
     req = ActionRequest(
         action=command,
@@ -90,6 +90,17 @@ def main(command: str, argv: list[str], ctx) -> int:
     from yurt.runtime.launcher import launch
 
     launch(spec, rootfs)
+
+
+def _pulled(ref: str, ctx) -> str:
+    """``docker://``, ``oras://``, ``oci:``...: the cached SIF (pulled first when missing)."""
+    if not ref.startswith(("docker://", "oras://", "oci:", "oci-archive:", "docker-archive:")):
+        return ref
+    from yurt.cli.pull import FLAGS, pull_options
+    from yurt.registry.pull import pull
+
+    values, _ = parse([], FLAGS, stop_at_positional=False)  # YURT_INSECURE, YURT_ARCH, ... apply here too
+    return str(pull(ref, pull_options(values, ctx)).sif)
 
 
 def _rootfs_for(image, unsquash: bool, debug: bool):

@@ -1,0 +1,235 @@
+"""yurt pull / push / exec docker:// against real docker-registry processes.
+
+Interoperability both ways: what skopeo (and umoci) push, yurt pulls and runs;
+what yurt pushes, skopeo (and podman, as root) pull.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e]
+
+
+def ok(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 0, f"rc={r.returncode}\nstdout={r.stdout}\nstderr={r.stderr}"
+    return r.stdout
+
+
+@pytest.fixture
+def cache_env(tmp_path):
+    return {"YURT_CACHEDIR": str(tmp_path / "cache"), "YURT_LOCAL_CACHEDIR": str(tmp_path / "local")}
+
+
+@pytest.fixture(scope="session")
+def pushed_busybox(registry_http, umoci_image, skopeo_push, busybox_rootfs, tmp_path_factory):
+    """The busybox rootfs as an umoci-built OCI image, pushed with skopeo: host/bb:1."""
+    layout = tmp_path_factory.mktemp("umoci") / "layout"
+    umoci_image(layout, "1", busybox_rootfs)
+    skopeo_push(layout, "1", f"{registry_http.host}/test/bb:1")
+    return f"{registry_http.host}/test/bb:1"
+
+
+def _sif_count(cache: Path) -> int:
+    return len(list((cache / "sif").glob("*.sif"))) if (cache / "sif").exists() else 0
+
+
+def test_pull_skopeo_pushed_image_and_run_it(yurt_cmd, pushed_busybox, cache_env, tmp_path):
+    out_sif = tmp_path / "bb.sif"
+    r = yurt_cmd("pull", "--insecure", str(out_sif), f"docker://{pushed_busybox}", env=cache_env)
+    ok(r)
+    assert out_sif.is_file()
+    assert ok(yurt_cmd("exec", out_sif, "cat", "/etc/os-release", env=cache_env)).startswith('NAME="BusyBox"')
+    # the image config travels in the SIF: Env from `umoci config`
+    assert ok(yurt_cmd("exec", out_sif, "sh", "-c", "echo $YURT_UMOCI", env=cache_env)) == "1\n"
+    info = json.loads(ok(yurt_cmd("inspect", "--json", out_sif)))
+    assert "oci-config.json" in json.dumps(info)
+
+
+def test_exec_docker_reference_pulls_once(yurt_cmd, pushed_busybox, cache_env):
+    env = {**cache_env, "YURT_INSECURE_REGISTRIES": pushed_busybox.split("/")[0]}
+    ref = f"docker://{pushed_busybox}"
+    first = yurt_cmd("exec", ref, "echo", "cold", env=env)
+    assert ok(first) == "cold\n"
+    second = yurt_cmd("exec", ref, "echo", "warm", env=env)
+    assert ok(second) == "warm\n"
+    assert "fetching" not in second.stderr  # nothing downloaded the second time
+    assert _sif_count(Path(cache_env["YURT_CACHEDIR"])) == 1
+
+
+def test_concurrent_first_pulls_convert_once(pushed_busybox, cache_env, repo_root):
+    """All ranks of a job asking for the same image at once: one download, one conversion, all succeed."""
+    env = {
+        **os.environ,
+        **cache_env,
+        "PYTHONPATH": str(repo_root),
+        "YURT_INSECURE_REGISTRIES": pushed_busybox.split("/")[0],
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "yurt", "-q", "exec", f"docker://{pushed_busybox}", "echo", str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(6)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for i, (p, (out, err)) in enumerate(zip(procs, outs, strict=True)):
+        assert p.returncode == 0, err
+        assert out == f"{i}\n"
+    cache = Path(cache_env["YURT_CACHEDIR"])
+    assert _sif_count(cache) == 1
+    assert not list((cache / "tmp").glob("*")) if (cache / "tmp").exists() else True
+
+
+def test_oras_push_and_pull_round_trip(yurt_cmd, registry_http, busybox_sif, skopeo_inspect, cache_env, tmp_path):
+    ref = f"oras://{registry_http.host}/test/sif:1"
+    ok(yurt_cmd("push", "--insecure", busybox_sif, ref, env=cache_env))
+    manifest = skopeo_inspect(f"{registry_http.host}/test/sif:1", raw=True)
+    assert manifest["layers"][0]["mediaType"] == "application/vnd.sylabs.sif.layer.v1.sif"
+    assert manifest["config"]["mediaType"] == "application/vnd.sylabs.sif.config.v1+json"
+    out_sif = tmp_path / "back.sif"
+    ok(yurt_cmd("pull", "--insecure", str(out_sif), ref, env=cache_env))
+    digest = hashlib.sha256(Path(busybox_sif).read_bytes()).hexdigest()
+    assert hashlib.sha256(out_sif.read_bytes()).hexdigest() == digest
+    assert ok(yurt_cmd("exec", out_sif, "echo", "oras", env=cache_env)) == "oras\n"
+
+
+def test_docker_push_is_a_real_oci_image(yurt_cmd, registry_http, busybox_sif, skopeo_inspect, cache_env, tmp_path):
+    ref = f"{registry_http.host}/test/pushed:1"
+    ok(yurt_cmd("push", "--insecure", busybox_sif, f"docker://{ref}", env=cache_env))
+    manifest = skopeo_inspect(ref, raw=True)
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert manifest["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+    # skopeo copies it to an OCI layout: every blob verifies
+    layout = tmp_path / "copied"
+    subprocess.run(
+        [
+            "skopeo",
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            f"docker://{ref}",
+            f"oci:{layout}:1",
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "REGISTRY_AUTH_FILE": str(tmp_path / "auth.json")},
+    )
+    assert (layout / "index.json").is_file()
+    # and yurt runs what it pushed, pulled back through the registry
+    assert (
+        ok(
+            yurt_cmd(
+                "exec",
+                f"docker://{ref}",
+                "echo",
+                "back",
+                env={**cache_env, "YURT_INSECURE_REGISTRIES": registry_http.host},
+            )
+        )
+        == "back\n"
+    )
+    # pushing again works (blobs the registry has are skipped)
+    ok(yurt_cmd("push", "--insecure", busybox_sif, f"docker://{ref}", env=cache_env))
+
+
+def test_push_directory_as_oci_image(yurt_cmd, registry_http, busybox_rootfs, cache_env):
+    ref = f"{registry_http.host}/test/fromdir:1"
+    ok(yurt_cmd("push", "--insecure", busybox_rootfs, f"docker://{ref}", env=cache_env))
+    env = {**cache_env, "YURT_INSECURE_REGISTRIES": registry_http.host}
+    assert ok(yurt_cmd("exec", f"docker://{ref}", "cat", "/etc/hostname", env=env)).strip() != ""
+
+
+def test_tls_auth_registry_login_and_pull(
+    yurt_cmd, registry_tls_auth, make_oci_image, skopeo_push, tmp_path, cache_env
+):
+    reg = registry_tls_auth
+    layout = tmp_path / "layout"
+    make_oci_image(layout, "1", {"hello.txt": "hi\n"})
+    skopeo_push(layout, "1", f"{reg.host}/private/img:1", registry=reg)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**cache_env, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
+    # without credentials: one clear line
+    r = yurt_cmd(
+        "pull", "--ca-file", str(reg.ca_file), str(tmp_path / "x.sif"), f"docker://{reg.host}/private/img:1", env=env
+    )
+    assert r.returncode == 255 and "yurt registry login" in r.stderr and r.stderr.count("\n") == 1
+    # without the CA: TLS verification fails clearly
+    r = yurt_cmd(
+        "registry", "login", "-u", reg.username, "--password-stdin", reg.host, input=reg.password + "\n", env=env
+    )
+    assert r.returncode == 255 and ("certificate" in r.stderr.lower() or "tls" in r.stderr.lower())
+    ok(
+        yurt_cmd(
+            "registry",
+            "login",
+            "-u",
+            reg.username,
+            "--password-stdin",
+            "--ca-file",
+            str(reg.ca_file),
+            reg.host,
+            input=reg.password + "\n",
+            env=env,
+        )
+    )
+    auth_files = list((home / ".config").rglob("auth.json"))
+    assert len(auth_files) == 1 and (auth_files[0].stat().st_mode & 0o777) == 0o600
+    ok(
+        yurt_cmd(
+            "pull",
+            "--ca-file",
+            str(reg.ca_file),
+            str(tmp_path / "x.sif"),
+            f"docker://{reg.host}/private/img:1",
+            env=env,
+        )
+    )
+    assert (tmp_path / "x.sif").is_file()
+
+
+def test_pull_local_oci_layout_and_archive(yurt_cmd, make_oci_image, cache_env, tmp_path):
+    layout = tmp_path / "layout"
+    make_oci_image(layout, "v1", {"etc/motd": "from a layout\n"})
+    out = tmp_path / "l.sif"
+    ok(yurt_cmd("pull", str(out), f"oci:{layout}:v1", env=cache_env))
+    ok(yurt_cmd("inspect", out))
+    archive = tmp_path / "layout.tar"
+    subprocess.run(["tar", "-C", str(layout), "-cf", str(archive), "."], check=True)
+    ok(yurt_cmd("pull", str(tmp_path / "a.sif"), f"oci-archive:{archive}:v1", env=cache_env))
+
+
+def test_pull_errors_are_one_line(yurt_cmd, registry_http, cache_env, tmp_path):
+    r = yurt_cmd(
+        "pull", "--insecure", str(tmp_path / "n.sif"), f"docker://{registry_http.host}/nope/none:1", env=cache_env
+    )
+    assert r.returncode == 255 and r.stderr.count("\n") == 1 and "MANIFEST_UNKNOWN" in r.stderr
+    r = yurt_cmd("pull", str(tmp_path / "n.sif"), "docker://Bad_Name!!", env=cache_env)
+    assert r.returncode == 255 and r.stderr.count("\n") == 1
+    assert not (tmp_path / "n.sif").exists()
+    assert _sif_count(Path(cache_env["YURT_CACHEDIR"])) == 0
+
+
+@pytest.mark.root
+def test_podman_pulls_what_yurt_pushed(yurt_cmd, registry_http, busybox_sif, cache_env):
+    import shutil
+
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed")
+    ref = f"{registry_http.host}/test/forpodman:1"
+    ok(yurt_cmd("push", "--insecure", busybox_sif, f"docker://{ref}", env=cache_env))
+    r = subprocess.run(["podman", "pull", "--tls-verify=false", ref], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    subprocess.run(["podman", "rmi", "-f", ref], capture_output=True)

@@ -1,0 +1,33 @@
+"""``yurt push IMAGE oras://HOST/REPO:TAG | docker://HOST/REPO:TAG``."""
+
+from __future__ import annotations
+
+from yurt.cli.options import Flag, parse, usage
+from yurt.errors import UsageError
+
+FLAGS = [
+    Flag("insecure", help="plain HTTP or unverified TLS for this registry", env=("YURT_NOHTTPS",)),
+    Flag("ca-file", "value", None, "CA certificate file for the registry's TLS", "FILE"),
+    Flag("help", short="h", help="show this help"),
+]
+SYNOPSIS = ("[options] IMAGE REFERENCE",
+            "Push a SIF as an ORAS artifact (oras://, as Apptainer does) or a SIF or directory as an OCI image "
+            "(docker://) that podman, skopeo and docker can pull.")
+
+
+def main(command: str, argv: list[str], ctx) -> int:
+    values, positionals = parse(argv, FLAGS, stop_at_positional=False)
+    if values["help"]:
+        print(usage(command, *SYNOPSIS, FLAGS))
+        return 0
+    if len(positionals) != 2:
+        raise UsageError("push needs an image and a reference", f"yurt push {SYNOPSIS[0]}")
+    image, ref = positionals
+    if not ref.startswith(("oras://", "docker://")):
+        raise UsageError(f"cannot push to {ref!r}", "use oras://HOST/REPO:TAG or docker://HOST/REPO:TAG")
+    from yurt.registry.push import push
+
+    digest = push(image, ref, insecure=values["insecure"], ca_file=values["ca_file"])
+    if not ctx.quiet:
+        print(f"yurt: pushed {image} to {ref} ({digest})")
+    return 0

@@ -1,0 +1,217 @@
+"""``yurt pull`` and ``yurt exec docker://``: a reference -> a cached, runnable SIF.
+
+The cache is content-addressed (:mod:`yurt.store.cache`): blobs by digest, the
+converted SIF by manifest digest.  A second pull of the same image downloads
+and converts nothing; two images sharing layers share blobs; many processes
+asking at once (every rank of a job) convert once, under a lock, and all find
+the result.  Conversion streams the merged layers straight into squashfs
+(:mod:`yurt.image.layers`), never unpacking the image to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from yurt.errors import ImageError, UsageError
+from yurt.record import Record
+
+LOCAL_SCHEMES = ("oci:", "oci-archive:", "docker-archive:")
+REMOTE_SCHEMES = ("docker://", "oras://")
+INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
+               "application/vnd.docker.distribution.manifest.list.v2+json")
+SIF_LAYER_TYPES = ("application/vnd.sylabs.sif.layer.v1.sif", "application/vnd.sylabs.sif.layer.v1+sif")
+PARALLEL_DOWNLOADS = 4
+
+
+class PullOptions(Record):
+    __slots__ = ("arch", "variant", "insecure", "ca_file", "compression", "force", "quiet", "progress")
+    _defaults = {"arch": None, "variant": None, "insecure": False, "ca_file": None, "compression": "zstd",
+                 "force": False, "quiet": False, "progress": None}
+    arch: str | None
+    variant: str | None
+    insecure: bool
+    ca_file: str | None
+    compression: str
+    force: bool
+    quiet: bool
+    progress: object
+
+
+class PullResult(Record):
+    __slots__ = ("sif", "manifest_digest", "downloaded_bytes", "cached", "timings")
+    _defaults = {"downloaded_bytes": 0, "cached": False, "timings": dict}
+    sif: Path
+    manifest_digest: str
+    downloaded_bytes: int
+    cached: bool
+    timings: dict
+
+
+def is_pullable(ref: str) -> bool:
+    return ref.startswith(REMOTE_SCHEMES + LOCAL_SCHEMES)
+
+
+def pull(ref_text: str, options: PullOptions | None = None, store=None) -> PullResult:
+    """Make ``ref_text`` available as a SIF in the cache and return where it is."""
+    from yurt.store.cache import Store
+
+    options = options or PullOptions()
+    store = store or Store()
+    if ref_text.startswith(LOCAL_SCHEMES):
+        return _pull_local(ref_text, options, store)
+    if ref_text.startswith(REMOTE_SCHEMES):
+        return _pull_remote(ref_text, options, store)
+    raise UsageError(f"cannot pull {ref_text!r}", "use docker://, oras://, oci:, oci-archive: or docker-archive:")
+
+
+# --- local sources ------------------------------------------------------------
+
+def _pull_local(ref_text: str, options: PullOptions, store) -> PullResult:
+    from yurt.image import oci_local
+
+    platform = f"linux/{options.arch}" + (f"/{options.variant}" if options.variant else "") if options.arch else None
+    with oci_local.open_local(ref_text, platform=platform) as image:
+        return _convert(store, image.manifest_digest, image.config, image.layers, options, downloaded=0)
+
+
+# --- registries ---------------------------------------------------------------
+
+def _client_for(registry: str, options: PullOptions):
+    from yurt.registry import auth
+    from yurt.registry.client import RegistryClient
+
+    insecure = options.insecure or auth.is_insecure(registry)
+    return RegistryClient(registry, insecure=insecure, ca_file=options.ca_file,
+                          credentials=auth.credentials_for(registry))
+
+
+def _pull_remote(ref_text: str, options: PullOptions, store) -> PullResult:
+    from yurt.registry.client import resolve_platform
+    from yurt.registry.reference import parse_reference
+
+    ref = parse_reference(ref_text)
+    client = _client_for(ref.registry, options)
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    body, media_type, digest = client.get_manifest(ref.repository, ref.ref)
+    doc = _json(body, f"manifest of {ref}")
+    if media_type in INDEX_TYPES or doc.get("manifests") is not None:
+        desc = resolve_platform(doc, arch=options.arch, variant=options.variant)
+        body, media_type, digest = client.get_manifest(ref.repository, desc["digest"])
+        doc = _json(body, f"manifest of {ref}")
+    timings["manifest"] = time.monotonic() - t0
+    store.set_ref(str(ref), digest, {"media_type": media_type})
+    if ref.transport == "oras":
+        return _pull_oras(client, ref, doc, digest, options, store)
+    if store.has_sif(digest) and not options.force:
+        return PullResult(store.sif_path(digest), digest, 0, True, timings)
+
+    layers_desc = doc.get("layers") or []
+    config_desc = doc.get("config") or {}
+    if not layers_desc or "digest" not in config_desc:
+        raise ImageError(f"{ref}: the manifest lists no layers or no config")
+    t0 = time.monotonic()
+    downloaded = _fetch_blobs(client, ref.repository, [config_desc, *layers_desc], store, options)
+    timings["download"] = time.monotonic() - t0
+    config = _json(store.blob_path(config_desc["digest"]).read_bytes(), f"config of {ref}")
+    from yurt.image.layers import Layer
+
+    layers = [Layer(path=store.blob_path(d["digest"]), media_type=d.get("mediaType", ""), digest=d["digest"])
+              for d in layers_desc]
+    result = _convert(store, digest, config, layers, options, downloaded)
+    result.timings.update(timings)
+    return result
+
+
+def _fetch_blobs(client, repository: str, descriptors: list[dict], store, options: PullOptions) -> int:
+    """Download missing blobs in parallel into the store; return the bytes downloaded."""
+    missing = []
+    for d in descriptors:
+        if "digest" not in d or "size" not in d:
+            raise ImageError(f"{repository}: a manifest descriptor lacks digest or size")
+        if not store.has_blob(d["digest"], d["size"]):
+            missing.append(d)
+    if not missing:
+        return 0
+    progress = options.progress
+
+    def fetch(d: dict) -> int:
+        def report(done: int, total: int) -> None:
+            if progress is not None:
+                progress.update(d["digest"], done, total)
+
+        if progress is not None:
+            progress.start(d["digest"], d["size"])
+        with store.lock(store.lock_name(d["digest"])):
+            if not store.has_blob(d["digest"], d["size"]):
+                client.fetch_blob(repository, d["digest"], d["size"], store.blob_path(d["digest"]), report)
+        if progress is not None:
+            progress.finish(d["digest"])
+        return int(d["size"])
+
+    with ThreadPoolExecutor(max_workers=min(PARALLEL_DOWNLOADS, len(missing))) as pool:
+        return sum(pool.map(fetch, missing))
+
+
+def _convert(store, manifest_digest: str, config: dict, layers: list, options: PullOptions,
+             downloaded: int) -> PullResult:
+    from yurt.image.layers import layers_to_sif
+
+    final = store.sif_path(manifest_digest)
+    if final.exists() and not options.force:
+        return PullResult(final, manifest_digest, downloaded, True)
+    stats: dict[str, float] = {}
+
+    def produce(tmp: Path) -> None:
+        t0 = time.monotonic()
+        layers_to_sif(layers, tmp, oci_config=config, compression=options.compression, stats=stats)
+        stats["convert"] = time.monotonic() - t0
+
+    if options.force:
+        final.unlink(missing_ok=True)
+    from contextlib import ExitStack
+
+    with ExitStack() as held:  # a concurrent `yurt cache clean` must not delete a layer mid-conversion
+        for layer in layers:
+            if getattr(layer, "digest", None):
+                held.enter_context(store.lock(store.lock_name(layer.digest), shared=True))
+        store.ensure_sif(manifest_digest, produce)
+    return PullResult(final, manifest_digest, downloaded, False, stats)
+
+
+def _pull_oras(client, ref, manifest: dict, digest: str, options: PullOptions, store) -> PullResult:
+    """An ORAS artifact whose one layer is a SIF file (what ``apptainer push oras://`` makes)."""
+    layers = [d for d in manifest.get("layers") or [] if d.get("mediaType") in SIF_LAYER_TYPES]
+    if len(layers) != 1:
+        raise ImageError(f"{ref} is not a SIF artifact (expected one layer of type {SIF_LAYER_TYPES[0]})")
+    layer = layers[0]
+    downloaded = _fetch_blobs(client, ref.repository, [layer], store, options)
+    final = store.sif_path(digest)
+    if options.force:
+        final.unlink(missing_ok=True)
+
+    def produce(tmp: Path) -> None:
+        blob = store.blob_path(layer["digest"])
+        try:
+            os.link(blob, tmp)  # same store, same file system: no copy of a multi-GB SIF
+        except OSError:
+            import shutil
+
+            shutil.copyfile(blob, tmp)
+
+    store.ensure_sif(digest, produce)
+    return PullResult(final, digest, downloaded, False)
+
+
+def _json(raw: bytes, what: str) -> dict:
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise ImageError(f"the {what} is not valid JSON")
+    if not isinstance(doc, dict):
+        raise ImageError(f"the {what} is not a JSON object")
+    return doc
