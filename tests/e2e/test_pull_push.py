@@ -140,8 +140,13 @@ def test_docker_push_is_a_real_oci_image(yurt_cmd, registry_http, busybox_sif, s
         )
         == "back\n"
     )
-    # pushing again works (blobs the registry has are skipped)
-    ok(yurt_cmd("push", "--insecure", busybox_sif, f"docker://{ref}", env=cache_env))
+    # pushing again skips what the registry has; to another repository, blobs are mounted, not sent
+    again = ok(yurt_cmd("push", "--insecure", busybox_sif, f"docker://{ref}", env=cache_env))
+    assert "0 uploaded" in again and "2 already there" in again
+    other = ok(
+        yurt_cmd("push", "--insecure", busybox_sif, f"docker://{registry_http.host}/other/pushed:1", env=cache_env)
+    )
+    assert "0 uploaded" in other and "2 mounted" in other
 
 
 def test_push_directory_as_oci_image(yurt_cmd, registry_http, busybox_rootfs, cache_env):
@@ -233,3 +238,31 @@ def test_podman_pulls_what_yurt_pushed(yurt_cmd, registry_http, busybox_sif, cac
     r = subprocess.run(["podman", "pull", "--tls-verify=false", ref], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     subprocess.run(["podman", "rmi", "-f", ref], capture_output=True)
+
+
+def test_missing_blob_fails_cleanly(yurt_cmd, registry_http, make_oci_image, skopeo_push, cache_env, tmp_path):
+    """A manifest whose layer the registry lost: one error line, nothing half-made in the cache."""
+    layout = tmp_path / "layout"
+    make_oci_image(layout, "1", {"unique.txt": f"{tmp_path}\n"})
+    skopeo_push(layout, "1", f"{registry_http.host}/test/lost:1")
+    manifest = json.loads(
+        (
+            layout
+            / "blobs"
+            / "sha256"
+            / json.loads((layout / "index.json").read_text())["manifests"][0]["digest"].split(":")[1]
+        ).read_text()
+    )
+    layer_hex = manifest["layers"][0]["digest"].split(":")[1]
+    data = next(registry_http.root.rglob(f"blobs/sha256/{layer_hex[:2]}/{layer_hex}/data"))
+    data.unlink()
+    r = yurt_cmd(
+        "pull", "--insecure", str(tmp_path / "lost.sif"), f"docker://{registry_http.host}/test/lost:1", env=cache_env
+    )
+    errors = [line for line in r.stderr.splitlines() if line.startswith("yurt: error:")]
+    assert r.returncode == 255 and len(errors) == 1 and "BLOB_UNKNOWN" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+    cache = Path(cache_env["YURT_CACHEDIR"])
+    assert _sif_count(cache) == 0
+    assert not list(cache.rglob(layer_hex + "*"))
+    assert not (tmp_path / "lost.sif").exists()

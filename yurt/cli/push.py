@@ -27,7 +27,8 @@ def main(command: str, argv: list[str], ctx) -> int:
         raise UsageError(f"cannot push to {ref!r}", "use oras://HOST/REPO:TAG or docker://HOST/REPO:TAG")
     from yurt.registry.push import push
 
-    digest = push(image, ref, insecure=values["insecure"], ca_file=values["ca_file"])
+    digest, counts = push(image, ref, insecure=values["insecure"], ca_file=values["ca_file"])
     if not ctx.quiet:
-        print(f"yurt: pushed {image} to {ref} ({digest})")
+        print(f"yurt: pushed {image} to {ref} ({digest}; blobs: {counts['uploaded']} uploaded, "
+              f"{counts['mounted']} mounted from another repository, {counts['present']} already there)")
     return 0

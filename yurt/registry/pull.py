@@ -149,6 +149,8 @@ def _fetch_blobs(client, repository: str, descriptors: list[dict], store, option
         with store.lock(store.lock_name(d["digest"])):
             if not store.has_blob(d["digest"], d["size"]):
                 client.fetch_blob(repository, d["digest"], d["size"], store.blob_path(d["digest"]), report)
+        # remembered so that `yurt push` to another repository here can mount it instead of uploading
+        store.set_ref(f"blob@{client.registry}/{d['digest']}", d["digest"], {"repository": repository})
         if progress is not None:
             progress.finish(d["digest"])
         return int(d["size"])

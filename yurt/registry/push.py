@@ -39,29 +39,47 @@ def _sha256_file(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _upload(client, repository: str, digest: str, path: Path, size: int) -> bool:
-    """Upload a blob unless the registry has it; True when bytes were sent."""
+def _upload(client, repository: str, digest: str, path: Path, size: int, counts: dict[str, int]) -> None:
+    """Upload a blob unless the registry has it; ``counts`` tallies present/mounted/uploaded.
+
+    Where yurt has pushed (or pulled) this blob to another repository of the
+    same registry, a cross-repository mount is tried first: no bytes move.
+    """
+    from yurt.store.cache import Store
+
     if client.blob_exists(repository, digest):
-        return False
-    client.upload_blob(repository, digest, path, size)
-    return True
+        counts["present"] += 1
+        return
+    store = Store()
+    key = f"blob@{client.registry}/{digest}"
+    seen = store.get_ref(key)
+    source = seen.get("repository") if seen else None
+    how = client.upload_blob(repository, digest, path, size,
+                             mount_from=source if source and source != repository else None)
+    store.set_ref(key, digest, {"repository": repository})
+    counts["mounted" if how == "mounted" else "uploaded"] += 1
 
 
-def push(image: str, ref_text: str, *, insecure: bool = False, ca_file: str | None = None) -> str:
-    """Push ``image`` (a SIF or a directory) to ``ref_text``; returns the manifest digest."""
+def push(image: str, ref_text: str, *, insecure: bool = False, ca_file: str | None = None) -> tuple[str, dict]:
+    """Push ``image`` (a SIF or a directory) to ``ref_text``.
+
+    Returns the manifest digest and how many blobs were uploaded, mounted from
+    another repository, or already present.
+    """
     from yurt.registry.pull import PullOptions, _client_for
     from yurt.registry.reference import parse_reference
 
     ref = parse_reference(ref_text)
     client = _client_for(ref.registry, PullOptions(insecure=insecure, ca_file=ca_file))
+    counts = {"uploaded": 0, "mounted": 0, "present": 0}
     if ref.transport == "oras":
         if not os.path.isfile(image):
             raise UsageError("oras:// pushes a SIF file", "use docker:// to push a directory as an OCI image")
-        return _push_oras(client, ref, Path(image))
-    return _push_oci(client, ref, Path(image))
+        return _push_oras(client, ref, Path(image), counts), counts
+    return _push_oci(client, ref, Path(image), counts), counts
 
 
-def _push_oras(client, ref, sif: Path) -> str:
+def _push_oras(client, ref, sif: Path, counts: dict[str, int]) -> str:
     from yurt.image.sif import is_sif
 
     if not is_sif(str(sif)):
@@ -71,9 +89,9 @@ def _push_oras(client, ref, sif: Path) -> str:
     with tempfile.TemporaryDirectory(prefix="yurt-push-") as tmp:
         cfg_path = Path(tmp) / "config"
         cfg_path.write_bytes(config)
-        _upload(client, ref.repository, config_digest, cfg_path, len(config))
+        _upload(client, ref.repository, config_digest, cfg_path, len(config), counts)
         digest, size = _sha256_file(sif), sif.stat().st_size
-        _upload(client, ref.repository, digest, sif, size)
+        _upload(client, ref.repository, digest, sif, size, counts)
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -156,7 +174,7 @@ def _layer_from_sif(sif_path: Path, out: _DigestingWriter, tmp: Path) -> None:
         raise ImageError(f"sqfs2tar failed on {sif_path}: {err.strip().splitlines()[-1:] or ''}")
 
 
-def _push_oci(client, ref, image: Path) -> str:
+def _push_oci(client, ref, image: Path, counts: dict[str, int]) -> str:
     from yurt.image.source import open_image
 
     config_section: dict = {}
@@ -199,8 +217,8 @@ def _push_oci(client, ref, image: Path) -> str:
         cfg_path = tmp / "config.json"
         cfg_path.write_bytes(cfg_bytes)
         cfg_digest = "sha256:" + hashlib.sha256(cfg_bytes).hexdigest()
-        _upload(client, ref.repository, cfg_digest, cfg_path, len(cfg_bytes))
-        _upload(client, ref.repository, layer_digest, layer_path, writer.size)
+        _upload(client, ref.repository, cfg_digest, cfg_path, len(cfg_bytes), counts)
+        _upload(client, ref.repository, layer_digest, layer_path, writer.size, counts)
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
