@@ -1,0 +1,116 @@
+"""The issue's headline, for real: a Debian bookworm image made by debootstrap, pushed to a real
+registry by skopeo, then ``yurt exec docker://HOST/debian:bookworm cat /etc/os-release``.
+
+debootstrap needs root, so this runs in the root pass; the tree is cached under
+``/var/tmp/yurt-ci/debian-bookworm`` (``$YURT_TEST_DEBIAN_ROOTFS``) across runs on one machine.
+The pulled SIF is then also run by the unprivileged test user (squashfuse, zstd).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.root]
+
+MIRROR = os.environ.get("YURT_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+
+
+@pytest.fixture(scope="session")
+def debian_rootfs() -> Path:
+    if shutil.which("debootstrap") is None:
+        pytest.skip("debootstrap is not installed")
+    final = Path(os.environ.get("YURT_TEST_DEBIAN_ROOTFS", "/var/tmp/yurt-ci/debian-bookworm"))
+    if not (final / "etc" / "os-release").exists():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix="debian-", dir=final.parent))
+        r = subprocess.run(
+            ["debootstrap", "--variant=minbase", "bookworm", str(tmp), MIRROR],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        if r.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            pytest.fail(f"debootstrap from {MIRROR} failed: {r.stderr.strip().splitlines()[-1:]}")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    return final
+
+
+@pytest.fixture(scope="session")
+def pushed_debian(debian_rootfs, registry_http, umoci_image, skopeo_push, tmp_path_factory) -> str:
+    layout = tmp_path_factory.mktemp("debian") / "layout"
+    umoci_image(layout, "bookworm", debian_rootfs)
+    skopeo_push(layout, "bookworm", f"{registry_http.host}/library/debian:bookworm")
+    return f"{registry_http.host}/library/debian:bookworm"
+
+
+def test_exec_debian_from_registry(yurt_cmd, pushed_debian, registry_http, tmp_path):
+    env = {"YURT_CACHEDIR": str(tmp_path / "cache"), "YURT_INSECURE_REGISTRIES": registry_http.host}
+    r = yurt_cmd("exec", f"docker://{pushed_debian}", "cat", "/etc/os-release", env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"' in r.stdout
+    # a dynamically linked toolchain works inside; file ownership from the image is kept (root)
+    r = yurt_cmd(
+        "exec",
+        f"docker://{pushed_debian}",
+        "sh",
+        "-c",
+        "apt-get --version | head -1; stat -c %u /usr/bin/apt-get",
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("apt ") and r.stdout.split()[-1] == "0"
+
+
+def test_pulled_debian_runs_rootless(yurt_cmd, pushed_debian, registry_http, repo_root, tmp_path):
+    user = os.environ.get("YURT_TEST_USER", "yurttest")
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        pytest.skip(f"the unprivileged test user {user} does not exist")
+    shared = Path(tempfile.mkdtemp(prefix="yurt-debian-", dir="/var/tmp"))
+    try:
+        shared.chmod(0o755)
+        sif = shared / "debian.sif"
+        env = {"YURT_CACHEDIR": str(tmp_path / "cache")}
+        r = yurt_cmd("pull", "--insecure", str(sif), f"docker://{pushed_debian}", env=env, timeout=600)
+        assert r.returncode == 0, r.stderr
+        sif.chmod(0o644)
+        r = subprocess.run(
+            [
+                "runuser",
+                "-u",
+                user,
+                "--",
+                "env",
+                f"PYTHONPATH={repo_root}",
+                f"HOME={pw.pw_dir}",
+                sys.executable,
+                "-m",
+                "yurt",
+                "exec",
+                str(sif),
+                "sh",
+                "-c",
+                ". /etc/os-release; echo $ID $VERSION_ID; id -u",
+            ],
+            capture_output=True,
+            text=True,
+            cwd="/",
+            timeout=300,
+        )
+        if r.returncode != 0 and "Permission denied" in r.stderr and "python" in r.stderr:
+            pytest.skip(f"{user} cannot run {sys.executable}")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["debian", "12", str(pw.pw_uid)]
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
