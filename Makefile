@@ -196,8 +196,8 @@ endif
 # ---------------------------------------------------------------- lint, bench, clean
 
 lint: install
-	echo "==> ruff check . bench/startup"
-	'$(VENV)/bin/ruff' check . bench/startup
+	echo "==> ruff check . bench/startup bench/pull"
+	'$(VENV)/bin/ruff' check . bench/startup bench/pull
 
 bench: install
 	echo "==> bench/startup $(BENCH_ARGS)"
