@@ -266,3 +266,36 @@ def test_missing_blob_fails_cleanly(yurt_cmd, registry_http, make_oci_image, sko
     assert _sif_count(cache) == 0
     assert not list(cache.rglob(layer_hex + "*"))
     assert not (tmp_path / "lost.sif").exists()
+
+
+def test_pull_docker_schema2_and_multi_arch(yurt_cmd, registry_http, make_oci_image, skopeo_push, cache_env, tmp_path):
+    host = registry_http.host
+    # Docker v2 schema 2 (what `docker push` makes)
+    layout = tmp_path / "v2s2"
+    make_oci_image(layout, "1", {"etc/motd": "schema2\n"})
+    skopeo_push(layout, "1", f"{host}/test/schema2:1", format="v2s2")
+    out = tmp_path / "s2.sif"
+    ok(yurt_cmd("pull", "--insecure", str(out), f"docker://{host}/test/schema2:1", env=cache_env))
+    from yurt.image.source import open_image
+    from yurt.image.squashfs import unsquashfs_cat
+
+    image = open_image(str(out))
+    assert unsquashfs_cat(str(out), image.offset, "/etc/motd") == b"schema2\n"
+    # a multi-arch index: the host's platform by default, another with --arch
+    layout = tmp_path / "multi"
+    make_oci_image.index(layout, "1", {"amd64": {"arch.txt": "amd64\n"}, "arm64": {"arch.txt": "arm64\n"}})
+    skopeo_push(layout, "1", f"{host}/test/multi:1", all_images=True)
+    arm = tmp_path / "arm.sif"
+    ok(yurt_cmd("pull", "--insecure", "--arch", "arm64", str(arm), f"docker://{host}/test/multi:1", env=cache_env))
+    info = json.loads(ok(yurt_cmd("inspect", "--json", "--partitions", arm)))
+    assert "arm64" in json.dumps(info)
+    r = yurt_cmd(
+        "pull",
+        "--insecure",
+        "--arch",
+        "s390x",
+        str(tmp_path / "no.sif"),
+        f"docker://{host}/test/multi:1",
+        env=cache_env,
+    )
+    assert r.returncode == 255 and "amd64" in r.stderr and "arm64" in r.stderr  # lists what there is
