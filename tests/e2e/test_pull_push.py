@@ -299,3 +299,27 @@ def test_pull_docker_schema2_and_multi_arch(yurt_cmd, registry_http, make_oci_im
         env=cache_env,
     )
     assert r.returncode == 255 and "amd64" in r.stderr and "arm64" in r.stderr  # lists what there is
+
+
+def test_push_zstd_layer(yurt_cmd, registry_http, busybox_sif, skopeo_inspect, cache_env, tmp_path):
+    ref = f"{registry_http.host}/test/zstd:1"
+    ok(yurt_cmd("push", "--insecure", "--layer-compression", "zstd", busybox_sif, f"docker://{ref}", env=cache_env))
+    manifest = skopeo_inspect(ref, raw=True)
+    assert manifest["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+    layout = tmp_path / "copied"  # skopeo verifies every blob on copy
+    subprocess.run(
+        [
+            "skopeo",
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            f"docker://{ref}",
+            f"oci:{layout}:1",
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "REGISTRY_AUTH_FILE": str(tmp_path / "auth.json")},
+    )
+    env = {**cache_env, "YURT_INSECURE_REGISTRIES": registry_http.host}
+    assert ok(yurt_cmd("exec", f"docker://{ref}", "echo", "zstd", env=env)) == "zstd\n"

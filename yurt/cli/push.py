@@ -8,6 +8,7 @@ from yurt.errors import UsageError
 FLAGS = [
     Flag("insecure", help="plain HTTP or unverified TLS for this registry", env=("YURT_NOHTTPS",)),
     Flag("ca-file", "value", None, "CA certificate file for the registry's TLS", "FILE"),
+    Flag("layer-compression", "value", None, "docker:// layer compression: gzip (default) or zstd", "ALG"),
     Flag("help", short="h", help="show this help"),
 ]
 SYNOPSIS = ("[options] IMAGE REFERENCE",
@@ -27,7 +28,8 @@ def main(command: str, argv: list[str], ctx) -> int:
         raise UsageError(f"cannot push to {ref!r}", "use oras://HOST/REPO:TAG or docker://HOST/REPO:TAG")
     from yurt.registry.push import push
 
-    digest, counts = push(image, ref, insecure=values["insecure"], ca_file=values["ca_file"])
+    digest, counts = push(image, ref, insecure=values["insecure"], ca_file=values["ca_file"],
+                          layer_compression=values["layer_compression"] or "gzip")
     if not ctx.quiet:
         print(f"yurt: pushed {image} to {ref} ({digest}; blobs: {counts['uploaded']} uploaded, "
               f"{counts['mounted']} mounted from another repository, {counts['present']} already there)")

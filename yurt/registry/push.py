@@ -28,6 +28,7 @@ SIF_LAYER_TYPE = "application/vnd.sylabs.sif.layer.v1.sif"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
 
 
@@ -60,7 +61,8 @@ def _upload(client, repository: str, digest: str, path: Path, size: int, counts:
     counts["mounted" if how == "mounted" else "uploaded"] += 1
 
 
-def push(image: str, ref_text: str, *, insecure: bool = False, ca_file: str | None = None) -> tuple[str, dict]:
+def push(image: str, ref_text: str, *, insecure: bool = False, ca_file: str | None = None,
+         layer_compression: str = "gzip") -> tuple[str, dict]:
     """Push ``image`` (a SIF or a directory) to ``ref_text``.
 
     Returns the manifest digest and how many blobs were uploaded, mounted from
@@ -76,7 +78,7 @@ def push(image: str, ref_text: str, *, insecure: bool = False, ca_file: str | No
         if not os.path.isfile(image):
             raise UsageError("oras:// pushes a SIF file", "use docker:// to push a directory as an OCI image")
         return _push_oras(client, ref, Path(image), counts), counts
-    return _push_oci(client, ref, Path(image), counts), counts
+    return _push_oci(client, ref, Path(image), counts, layer_compression), counts
 
 
 def _push_oras(client, ref, sif: Path, counts: dict[str, int]) -> str:
@@ -104,18 +106,51 @@ def _push_oras(client, ref, sif: Path, counts: dict[str, int]) -> str:
 
 
 class _DigestingWriter:
-    """Writes gzip output to a file while hashing both the tar (diff_id) and the blob."""
+    """Compresses the layer tar into a file while hashing the tar (diff_id) and the blob.
 
-    def __init__(self, path: Path) -> None:
+    gzip is done with zlib; zstd (Python 3.11 has no zstd module) by piping
+    through the ``zstd`` tool, whose output a thread hashes and writes.
+    """
+
+    def __init__(self, path: Path, compression: str = "gzip") -> None:
         self.file = open(path, "wb")
         self.raw = hashlib.sha256()
         self.blob = hashlib.sha256()
-        self.gz = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: gzip container
         self.size = 0
+        self.compression = compression
+        self.gz = None
+        self.proc: subprocess.Popen | None = None
+        if compression == "gzip":
+            self.gz = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: gzip container
+        elif compression == "zstd":
+            zstd = shutil.which("zstd")
+            if zstd is None:
+                raise ImageError("zstd is not installed", "install zstd or push with --layer-compression gzip")
+            self.proc = subprocess.Popen([zstd, "-q", "-c", "-3", "-T0"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE)
+            import threading
+
+            self.reader = threading.Thread(target=self._drain, daemon=True)
+            self.reader.start()
+        else:
+            raise UsageError(f"unknown layer compression {compression!r}", "use gzip or zstd")
+
+    @property
+    def media_type(self) -> str:
+        return OCI_LAYER_GZIP if self.compression == "gzip" else OCI_LAYER_ZSTD
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for chunk in iter(lambda: self.proc.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
+            self._out(chunk)
 
     def write(self, data: bytes) -> int:
         self.raw.update(data)
-        self._out(self.gz.compress(data))
+        if self.gz is not None:
+            self._out(self.gz.compress(data))
+        else:
+            assert self.proc is not None and self.proc.stdin is not None
+            self.proc.stdin.write(data)
         return len(data)
 
     def _out(self, data: bytes) -> None:
@@ -125,7 +160,14 @@ class _DigestingWriter:
             self.size += len(data)
 
     def close(self) -> None:
-        self._out(self.gz.flush())
+        if self.gz is not None:
+            self._out(self.gz.flush())
+        elif self.proc is not None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.reader.join()
+            if self.proc.wait() != 0:
+                raise ImageError("zstd failed while compressing the layer")
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
@@ -174,7 +216,7 @@ def _layer_from_sif(sif_path: Path, out: _DigestingWriter, tmp: Path) -> None:
         raise ImageError(f"sqfs2tar failed on {sif_path}: {err.strip().splitlines()[-1:] or ''}")
 
 
-def _push_oci(client, ref, image: Path, counts: dict[str, int]) -> str:
+def _push_oci(client, ref, image: Path, counts: dict[str, int], compression: str = "gzip") -> str:
     from yurt.image.source import open_image
 
     config_section: dict = {}
@@ -189,8 +231,8 @@ def _push_oci(client, ref, image: Path, counts: dict[str, int]) -> str:
     arch = GO_ARCH.get(os.uname().machine, os.uname().machine)
     with tempfile.TemporaryDirectory(prefix="yurt-push-") as tmp_name:
         tmp = Path(tmp_name)
-        layer_path = tmp / "layer.tar.gz"
-        writer = _DigestingWriter(layer_path)
+        layer_path = tmp / "layer"
+        writer = _DigestingWriter(layer_path, compression)
         try:
             if source == "dir":
                 _layer_from_dir(image, writer)
@@ -223,7 +265,7 @@ def _push_oci(client, ref, image: Path, counts: dict[str, int]) -> str:
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": cfg_digest, "size": len(cfg_bytes)},
-        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": layer_digest, "size": writer.size}],
+        "layers": [{"mediaType": writer.media_type, "digest": layer_digest, "size": writer.size}],
     }
     data = json.dumps(manifest, separators=(",", ":")).encode()
     return client.put_manifest(ref.repository, ref.ref, data, OCI_MANIFEST)
