@@ -37,6 +37,24 @@ def pushed_busybox(registry_http, umoci_image, skopeo_push, busybox_rootfs, tmp_
     return f"{registry_http.host}/test/bb:1"
 
 
+def _skopeo_copy(ref: str, layout: Path, tmp_path: Path) -> None:
+    """``skopeo copy`` from the registry to an OCI layout: skopeo verifies every blob it copies."""
+    subprocess.run(
+        [
+            "skopeo",
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            f"docker://{ref}",
+            f"oci:{layout}:1",
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "REGISTRY_AUTH_FILE": str(tmp_path / "auth.json")},
+    )
+
+
 def _sif_count(cache: Path) -> int:
     return len(list((cache / "sif").glob("*.sif"))) if (cache / "sif").exists() else 0
 
@@ -112,20 +130,7 @@ def test_docker_push_is_a_real_oci_image(yurt_cmd, registry_http, busybox_sif, s
     assert manifest["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
     # skopeo copies it to an OCI layout: every blob verifies
     layout = tmp_path / "copied"
-    subprocess.run(
-        [
-            "skopeo",
-            "--insecure-policy",
-            "copy",
-            "--quiet",
-            "--src-tls-verify=false",
-            f"docker://{ref}",
-            f"oci:{layout}:1",
-        ],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "REGISTRY_AUTH_FILE": str(tmp_path / "auth.json")},
-    )
+    _skopeo_copy(ref, layout, tmp_path)
     assert (layout / "index.json").is_file()
     # and yurt runs what it pushed, pulled back through the registry
     assert (
@@ -307,19 +312,6 @@ def test_push_zstd_layer(yurt_cmd, registry_http, busybox_sif, skopeo_inspect, c
     manifest = skopeo_inspect(ref, raw=True)
     assert manifest["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
     layout = tmp_path / "copied"  # skopeo verifies every blob on copy
-    subprocess.run(
-        [
-            "skopeo",
-            "--insecure-policy",
-            "copy",
-            "--quiet",
-            "--src-tls-verify=false",
-            f"docker://{ref}",
-            f"oci:{layout}:1",
-        ],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "REGISTRY_AUTH_FILE": str(tmp_path / "auth.json")},
-    )
+    _skopeo_copy(ref, layout, tmp_path)
     env = {**cache_env, "YURT_INSECURE_REGISTRIES": registry_http.host}
     assert ok(yurt_cmd("exec", f"docker://{ref}", "echo", "zstd", env=env)) == "zstd\n"

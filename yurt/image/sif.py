@@ -678,7 +678,9 @@ def write_sif(
         os.close(out_fd)
         out_fd = None
         os.rename(tmp, out_path)
-        _fsync_dir(directory)
+        from yurt.store.atomic import fsync_path  # lazily: SifFile.open is on the exec path
+
+        fsync_path(directory)
     except BaseException as e:
         if out_fd is not None:
             os.close(out_fd)
@@ -714,17 +716,3 @@ def _write_object(out_fd: int, p: _Planned) -> None:
     if hasher is not None:
         # descriptor.go ociBlob.MarshalBinary: the digest text, "sha256:<hex>".
         p.extra = f"sha256:{hasher.hexdigest()}".encode()
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make the rename durable; some file systems refuse fsync on directories, which is fine."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -21,7 +21,6 @@ import binascii
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,33 +135,12 @@ def credentials_for(host: str) -> Credentials | None:
 
 
 def _write_store(doc: dict) -> Path:
-    """Replace the store atomically (temp file, fsync, rename), mode 0600 from the start."""
+    """Replace the store atomically, mode 0600 from the start."""
+    from yurt.store.atomic import write_bytes
+
     path = store_path()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
-    fd, tmp = tempfile.mkstemp(prefix=".auth.", suffix=".tmp", dir=path.parent)  # mkstemp: mode 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), 0o600)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
+    return write_bytes(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), mode=0o600)
 
 
 def save_login(host: str, username: str, password: str) -> Path:

@@ -46,6 +46,7 @@ import httpx
 from yurt import __version__
 from yurt.errors import ImageError, YurtError
 from yurt.registry.reference import is_digest, normalize_registry, validate_digest
+from yurt.store.atomic import fsync_path
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -694,14 +695,7 @@ class RegistryClient:
                     os.unlink(tmp_name)
                 except FileNotFoundError:
                     pass
-        try:
-            dir_fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError:
-            pass
+        fsync_path(dest.parent)
         return dest
 
     def list_tags(self, repo: str) -> list[str]:

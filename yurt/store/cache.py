@@ -37,6 +37,7 @@ from pathlib import Path
 
 from yurt.errors import ImageError, RuntimeSetupError, YurtError
 from yurt.record import Record
+from yurt.store.atomic import fsync_path
 from yurt.store.locks import LocksUnsupported, acquire, try_lock
 
 KINDS = ("blob", "sif", "unpacked", "ref")
@@ -471,7 +472,7 @@ class Store:
     def _commit(self, tmp: Path, final: Path, *, readonly: bool) -> None:
         st = os.lstat(tmp)
         if stat.S_ISREG(st.st_mode):
-            _fsync_path(tmp)
+            fsync_path(tmp)
             if readonly:
                 os.chmod(tmp, stat.S_IMODE(st.st_mode) & 0o555)
         _mkdirs(final.parent)
@@ -484,13 +485,13 @@ class Store:
                 _remove(tmp)  # a directory another writer (without our lock) finished first: same content
             else:
                 raise
-        _fsync_path(final.parent)
+        fsync_path(final.parent)
 
     def _copy_in(self, src: Path, final: Path) -> None:
         tmp = self._tmp_name(final.name[:40])
         try:
             shutil.copy2(src, tmp)
-            _fsync_path(tmp)
+            fsync_path(tmp)
             os.rename(tmp, final)
         except BaseException:
             _remove(tmp)
@@ -608,17 +609,6 @@ def _verify(path: Path, digest: str) -> None:
     if actual != expected:
         raise ImageError(f"content does not match {digest} (got {algorithm}:{actual})",
                          "the download is corrupt or the registry sent something else")
-
-
-def _fsync_path(path: str | os.PathLike[str]) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.EROFS):  # some filesystems cannot fsync directories
-            raise
-    finally:
-        os.close(fd)
 
 
 def _unlink(path: str | os.PathLike[str]) -> None:

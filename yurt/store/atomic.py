@@ -1,0 +1,51 @@
+"""Durable, all-or-nothing file writes: the one place that knows the temp + fsync + rename dance.
+
+Caches, credential files and images must never be seen half-written, even
+after a crash: data goes to a temporary file in the same directory, is
+fsynced, renamed over the target, and the directory is fsynced so the rename
+itself survives.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """fsync a file or directory; file systems that cannot fsync directories are fine."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EROFS, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> Path:
+    """Replace ``path`` with ``data`` atomically; the file has ``mode`` from its first byte."""
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # created 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_path(path.parent)
+    return path
