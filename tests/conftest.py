@@ -262,3 +262,56 @@ def busybox_sif(busybox_rootfs: Path, tmp_path_factory: pytest.TempPathFactory) 
     if proc.returncode != 0 or not out.is_file():
         pytest.fail(f"yurt build failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return out
+
+
+# --------------------------------------------------------------------------- root tests acting as the test user
+
+
+class TestUser:
+    """The unprivileged test user, for root tests that must run yurt as someone else."""
+
+    def __init__(self, pw, repo: Path) -> None:
+        self.pw = pw
+        self.name = pw.pw_name
+        self.repo = repo
+
+    def yurt(
+        self, *args: object, env: Mapping[str, str] | None = None, timeout: float = 300, prefix: list[str] | None = None
+    ) -> subprocess.CompletedProcess:
+        """``yurt ARGS`` run by this user (``prefix`` wraps the whole command, e.g. ``unshare -m``)."""
+        extra = [f"{k}={v}" for k, v in (env or {}).items()]
+        argv = [
+            "runuser",
+            "-u",
+            self.name,
+            "--",
+            "env",
+            f"PYTHONPATH={self.repo}",
+            f"HOME={self.pw.pw_dir}",
+            *extra,
+            sys.executable,
+            "-m",
+            "yurt",
+            *map(str, args),
+        ]
+        return subprocess.run([*(prefix or []), *argv], capture_output=True, text=True, cwd="/", timeout=timeout)
+
+
+@pytest.fixture
+def test_user(repo_root: Path) -> TestUser:
+    """``$YURT_TEST_USER`` (default yurttest), when it exists and can run yurt with this interpreter."""
+    import pwd
+
+    user = os.environ.get("YURT_TEST_USER", "yurttest")
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        pytest.skip(f"the unprivileged test user {user} does not exist")
+    probe = subprocess.run(
+        ["runuser", "-u", user, "--", sys.executable, "-c", "import yurt"],
+        env=dict(os.environ, PYTHONPATH=str(repo_root)),
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"{user} cannot run {sys.executable} with yurt (run from the staged tree)")
+    return TestUser(pw, repo_root)

@@ -9,10 +9,8 @@ The pulled SIF is then also run by the unprivileged test user (squashfuse, zstd)
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -71,46 +69,23 @@ def test_exec_debian_from_registry(yurt_cmd, pushed_debian, registry_http, tmp_p
     assert r.stdout.startswith("apt ") and r.stdout.split()[-1] == "0"
 
 
-def test_pulled_debian_runs_rootless(yurt_cmd, pushed_debian, registry_http, repo_root, tmp_path):
-    user = os.environ.get("YURT_TEST_USER", "yurttest")
-    try:
-        pw = pwd.getpwnam(user)
-    except KeyError:
-        pytest.skip(f"the unprivileged test user {user} does not exist")
+def test_pulled_debian_runs_rootless(yurt_cmd, pushed_debian, test_user, tmp_path):
     shared = Path(tempfile.mkdtemp(prefix="yurt-debian-", dir="/var/tmp"))
     try:
         shared.chmod(0o755)
         sif = shared / "debian.sif"
-        env = {"YURT_CACHEDIR": str(tmp_path / "cache")}
-        r = yurt_cmd("pull", "--insecure", str(sif), f"docker://{pushed_debian}", env=env, timeout=600)
+        r = yurt_cmd(
+            "pull",
+            "--insecure",
+            str(sif),
+            f"docker://{pushed_debian}",
+            env={"YURT_CACHEDIR": str(tmp_path / "cache")},
+            timeout=600,
+        )
         assert r.returncode == 0, r.stderr
         sif.chmod(0o644)
-        r = subprocess.run(
-            [
-                "runuser",
-                "-u",
-                user,
-                "--",
-                "env",
-                f"PYTHONPATH={repo_root}",
-                f"HOME={pw.pw_dir}",
-                sys.executable,
-                "-m",
-                "yurt",
-                "exec",
-                str(sif),
-                "sh",
-                "-c",
-                ". /etc/os-release; echo $ID $VERSION_ID; id -u",
-            ],
-            capture_output=True,
-            text=True,
-            cwd="/",
-            timeout=300,
-        )
-        if r.returncode != 0 and "Permission denied" in r.stderr and "python" in r.stderr:
-            pytest.skip(f"{user} cannot run {sys.executable}")
+        r = test_user.yurt("exec", sif, "sh", "-c", ". /etc/os-release; echo $ID $VERSION_ID; id -u")
         assert r.returncode == 0, r.stderr
-        assert r.stdout.split() == ["debian", "12", str(pw.pw_uid)]
+        assert r.stdout.split() == ["debian", "12", str(test_user.pw.pw_uid)]
     finally:
         shutil.rmtree(shared, ignore_errors=True)

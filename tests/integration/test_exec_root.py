@@ -6,10 +6,8 @@ Run by the root pass of ``make test`` (``pytest -m root``).
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import pytest
@@ -51,45 +49,24 @@ def shared_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def test_user(repo_root) -> pwd.struct_passwd:
-    """The unprivileged test user, when it exists and can run yurt with this interpreter."""
-    user = os.environ.get("YURT_TEST_USER", "yurttest")
-    try:
-        pw = pwd.getpwnam(user)
-    except KeyError:
-        pytest.skip(f"the unprivileged test user {user} does not exist")
-    probe = subprocess.run(
-        ["runuser", "-u", user, "--", sys.executable, "-c", "import yurt"],
-        env=dict(os.environ, PYTHONPATH=str(repo_root)),
-        capture_output=True,
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"{user} cannot run {sys.executable} with yurt (run from the staged tree)")
-    return pw
-
-
-def test_unusable_fuse_falls_back_with_one_notice(busybox_sif, repo_root, shared_dir, test_user):
+def test_unusable_fuse_falls_back_with_one_notice(busybox_sif, shared_dir, test_user):
     """/dev/fuse at 0600 (as on some sites): the test user gets an unpacked copy and one notice."""
-    pw, user = test_user, test_user.pw_name
     sif = os.path.join(shared_dir, "img.sif")
     shutil.copy(busybox_sif, sif)
     os.chmod(sif, 0o644)
     fake = os.path.join(shared_dir, "fuse0600")
     cache = os.path.join(shared_dir, "cache")
     os.mkdir(cache)
-    os.chown(cache, pw.pw_uid, pw.pw_gid)
-    script = (
-        f"mknod {fake} c 10 229 && chmod 0600 {fake} && mount --bind {fake} /dev/fuse && "
-        f"runuser -u {user} -- env PYTHONPATH={repo_root} YURT_LOCAL_CACHEDIR={cache} HOME={pw.pw_dir} "
-        f"{sys.executable} -m yurt exec {sif} echo fell-back"
-    )
-    r = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        cwd="/",
+    os.chown(cache, test_user.pw.pw_uid, test_user.pw.pw_gid)
+    setup = f'mknod {fake} c 10 229 && chmod 0600 {fake} && mount --bind {fake} /dev/fuse && exec "$@"'
+    r = test_user.yurt(
+        "exec",
+        sif,
+        "echo",
+        "fell-back",
+        env={"YURT_LOCAL_CACHEDIR": cache},
         timeout=120,
+        prefix=["unshare", "-m", "--propagation", "private", "sh", "-c", setup, "sh"],
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout == "fell-back\n"
@@ -97,14 +74,13 @@ def test_unusable_fuse_falls_back_with_one_notice(busybox_sif, repo_root, shared
     assert len(notices) == 1 and "/dev/fuse" in notices[0]
 
 
-def test_supplementary_groups_still_grant_access(busybox_rootfs, repo_root, shared_dir, test_user):
+def test_supplementary_groups_still_grant_access(busybox_rootfs, shared_dir, test_user):
     """A file only the test user's supplementary group may read stays readable in the container."""
     import grp
 
-    pw, user = test_user, test_user.pw_name
-    extra = [g.gr_gid for g in grp.getgrall() if user in g.gr_mem and g.gr_gid != pw.pw_gid]
+    extra = [g.gr_gid for g in grp.getgrall() if test_user.name in g.gr_mem and g.gr_gid != test_user.pw.pw_gid]
     if not extra:
-        pytest.skip(f"{user} has no supplementary group")
+        pytest.skip(f"{test_user.name} has no supplementary group")
     rootfs = os.path.join(shared_dir, "rootfs")
     shutil.copytree(busybox_rootfs, rootfs, symlinks=True)
     secret = os.path.join(shared_dir, "group-only")
@@ -112,27 +88,6 @@ def test_supplementary_groups_still_grant_access(busybox_rootfs, repo_root, shar
         f.write("group ok\n")
     os.chown(secret, 0, extra[0])
     os.chmod(secret, 0o640)
-    r = subprocess.run(
-        [
-            "runuser",
-            "-u",
-            user,
-            "--",
-            "env",
-            f"PYTHONPATH={repo_root}",
-            f"HOME={pw.pw_dir}",
-            sys.executable,
-            "-m",
-            "yurt",
-            "exec",
-            rootfs,
-            "cat",
-            secret,
-        ],
-        capture_output=True,
-        text=True,
-        cwd="/",
-        timeout=120,
-    )
+    r = test_user.yurt("exec", rootfs, "cat", secret)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "group ok\n"
