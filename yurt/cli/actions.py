@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from yurt.cli.options import Flag, parse, usage
+from yurt.cli.options import Flag, parse, parse_command
 from yurt.errors import UsageError
 
 FLAGS = [
@@ -42,10 +42,10 @@ SYNOPSIS = {
 
 
 def main(command: str, argv: list[str], ctx) -> int:
-    values, positionals = parse(argv, FLAGS, stop_at_positional=True)
-    if values["help"]:
-        print(usage(command, *SYNOPSIS[command], FLAGS))
+    parsed = parse_command(command, argv, FLAGS, *SYNOPSIS[command], stop_at_positional=True)
+    if parsed is None:
         return 0
+    values, positionals = parsed
     if not positionals:
         raise UsageError(f"{command} needs an image", f"yurt {command} {SYNOPSIS[command][0]}")
     from yurt.image.source import open_image

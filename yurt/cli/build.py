@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from yurt.cli.options import Flag, parse, usage
+from yurt.cli.options import Flag, parse_command
 from yurt.errors import UsageError
 
 FLAGS = [
@@ -19,10 +19,10 @@ SYNOPSIS = ("[options] OUT SOURCE_DIR",
 
 
 def main(command: str, argv: list[str], ctx) -> int:
-    values, positionals = parse(argv, FLAGS, stop_at_positional=False)
-    if values["help"]:
-        print(usage(command, *SYNOPSIS, FLAGS))
+    parsed = parse_command(command, argv, FLAGS, *SYNOPSIS, stop_at_positional=False)
+    if parsed is None:
         return 0
+    values, positionals = parsed
     if len(positionals) != 2:
         raise UsageError("build needs OUT and SOURCE_DIR", f"yurt build {SYNOPSIS[0]}")
     out, source = positionals

@@ -159,3 +159,13 @@ def usage(command: str, synopsis: str, summary: str, flags: list[Flag]) -> str:
     lines.append("")
     lines.append("Every option can also be set as YURT_<OPTION> in the environment (e.g. YURT_BIND).")
     return "\n".join(lines)
+
+
+def parse_command(command: str, argv: list[str], flags: list[Flag], synopsis: str, summary: str, *,
+                  stop_at_positional: bool = False) -> tuple[dict[str, object], list[str]] | None:
+    """Parse a command's arguments; with ``--help`` print its usage and return None."""
+    values, positionals = parse(argv, flags, stop_at_positional=stop_at_positional)
+    if values.get("help"):
+        print(usage(command, synopsis, summary, flags))
+        return None
+    return values, positionals

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from yurt.cli.options import Flag, parse, usage
+from yurt.cli.options import Flag, parse_command
 from yurt.errors import UsageError
 
 FLAGS = [
@@ -51,10 +51,10 @@ def default_name(ref: str) -> str:
 
 
 def main(command: str, argv: list[str], ctx) -> int:
-    values, positionals = parse(argv, FLAGS, stop_at_positional=False)
-    if values["help"]:
-        print(usage(command, *SYNOPSIS, FLAGS))
+    parsed = parse_command(command, argv, FLAGS, *SYNOPSIS, stop_at_positional=False)
+    if parsed is None:
         return 0
+    values, positionals = parsed
     if len(positionals) not in (1, 2):
         raise UsageError("pull needs a reference", f"yurt pull {SYNOPSIS[0]}")
     ref = positionals[-1]

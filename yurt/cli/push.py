@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from yurt.cli.options import Flag, parse, usage
+from yurt.cli.options import Flag, parse_command
 from yurt.errors import UsageError
 
 FLAGS = [
@@ -17,10 +17,10 @@ SYNOPSIS = ("[options] IMAGE REFERENCE",
 
 
 def main(command: str, argv: list[str], ctx) -> int:
-    values, positionals = parse(argv, FLAGS, stop_at_positional=False)
-    if values["help"]:
-        print(usage(command, *SYNOPSIS, FLAGS))
+    parsed = parse_command(command, argv, FLAGS, *SYNOPSIS, stop_at_positional=False)
+    if parsed is None:
         return 0
+    values, positionals = parsed
     if len(positionals) != 2:
         raise UsageError("push needs an image and a reference", f"yurt push {SYNOPSIS[0]}")
     image, ref = positionals
