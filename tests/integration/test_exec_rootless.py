@@ -595,3 +595,23 @@ def test_supplementary_groups_are_kept(yurt_cmd, busybox_rootfs):
     assert len(inside) == len(groups)
     overflow = open("/proc/sys/kernel/overflowgid").read().strip()
     assert str(os.getgid()) in inside and overflow in inside
+
+
+def test_writable_sandbox(yurt_cmd, busybox_rootfs_copy, busybox_sif):
+    out = ok(
+        yurt_cmd(
+            "exec",
+            "--writable",
+            "--fakeroot",
+            busybox_rootfs_copy,
+            "sh",
+            "-c",
+            "mkdir -p /opt/tool && echo built > /opt/tool/f && id -u",
+        )
+    )
+    assert out == "0\n"
+    assert (busybox_rootfs_copy / "opt" / "tool" / "f").read_text() == "built\n"
+    # the new file belongs to the user outside, root inside
+    assert (busybox_rootfs_copy / "opt" / "tool" / "f").stat().st_uid == os.getuid()
+    r = yurt_cmd("exec", "--writable", busybox_sif, "true")
+    assert r.returncode == 255 and "read-only" in r.stderr

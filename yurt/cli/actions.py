@@ -23,6 +23,7 @@ FLAGS = [
     Flag("env", "list", None, "set KEY=VALUE inside (repeatable)", "K=V"),
     Flag("env-file", "value", None, "read KEY=VALUE lines from FILE", "FILE"),
     Flag("fakeroot", short="f", help="be root inside (user namespace; subuid range when available)"),
+    Flag("writable", short="w", help="write into a sandbox directory image itself"),
     Flag("writable-tmpfs", help="writable tmpfs layer over the image (discarded at exit)"),
     Flag("writable-tmpfs-size", "int", None, "size of that layer in MiB (default 64)", "MIB"),
     Flag("overlay", "list", "o", "writable overlay directory DIR (DIR:ro for read-only; repeatable)", "DIR"),
@@ -79,6 +80,7 @@ def main(command: str, argv: list[str], ctx) -> int:
         shell=values["shell"],
         no_init=values["no_init"],
         ignore_subuid=values["ignore_subuid"],
+        writable=values["writable"],
         debug=ctx.debug,
     )
     spec = plan_container(req)

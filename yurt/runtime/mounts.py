@@ -25,7 +25,7 @@ import stat
 
 from yurt import syscalls as sc
 from yurt.errors import RuntimeSetupError
-from yurt.image.rootfs import Rootfs
+from yurt.image.rootfs import DirectoryRootfs, Rootfs
 from yurt.runtime import devices, passwd
 from yurt.runtime.paths import EscapeError, host_path, open_in_root, resolve_in_root
 from yurt.spec import NS_IPC, NS_USER, ContainerSpec, Mount
@@ -85,6 +85,9 @@ class MountExecutor:
 
     # -- root ------------------------------------------------------------
     def make_root(self, image_dir: str) -> None:
+        if not self.spec.root_readonly:
+            self.make_writable_root(image_dir)
+            return
         lower = os.path.join(self.base, "lower")
         os.mkdir(lower, 0o755)
         missing = [m for m in self.spec.mounts if self.add_mountpoint(image_dir, lower, m)]
@@ -120,6 +123,17 @@ class MountExecutor:
         flags = sc.MS_NOSUID | sc.MS_NODEV | (0 if upper else sc.MS_RDONLY)
         self.log(f"root: overlay {data}")
         sc.mount("overlay", self.final, "overlay", flags, data)
+
+    def make_writable_root(self, image_dir: str) -> None:
+        """``--writable``: the sandbox itself, read-write; missing mountpoints are made in it."""
+        if not isinstance(self.rootfs, DirectoryRootfs):
+            raise RuntimeSetupError(f"{self.rootfs.description} images are read-only",
+                                    "use --writable-tmpfs or --overlay, or build a sandbox (yurt build --sandbox)")
+        for m in self.spec.mounts:
+            self.add_mountpoint(image_dir, image_dir, m)
+        sc.mount(image_dir, self.final, None, sc.MS_BIND | sc.MS_REC)
+        self.set_attrs(self.final, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
+        self.log(f"root: writable bind of {image_dir}")
 
     def add_mountpoint(self, image_dir: str, lower: str, m: Mount) -> bool:
         """Create ``m.destination`` in the layer above the image if the image lacks it."""

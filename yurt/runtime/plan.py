@@ -36,12 +36,12 @@ class ActionRequest(Record):
 
     __slots__ = ("action", "image", "args", "binds", "home", "no_home", "pwd", "contain", "containall", "pid",
                  "ipc", "net", "uts", "hostname", "cleanenv", "env", "env_file", "fakeroot", "writable_tmpfs",
-                 "writable_tmpfs_size", "overlays", "workdir", "shell", "no_init", "ignore_subuid", "debug")
+                 "writable_tmpfs_size", "overlays", "workdir", "shell", "no_init", "ignore_subuid", "writable", "debug")
     _defaults = {"args": list, "binds": list, "home": None, "no_home": False, "pwd": None, "contain": False,
                  "containall": False, "pid": False, "ipc": False, "net": False, "uts": False, "hostname": None,
                  "cleanenv": False, "env": list, "env_file": None, "fakeroot": False, "writable_tmpfs": False,
                  "writable_tmpfs_size": 64, "overlays": list, "workdir": None, "shell": None, "no_init": False,
-                 "ignore_subuid": False, "debug": False}
+                 "ignore_subuid": False, "writable": False, "debug": False}
     action: str  # exec | run | shell
     image: Image
     args: list[str]
@@ -67,6 +67,7 @@ class ActionRequest(Record):
     shell: str | None
     no_init: bool
     ignore_subuid: bool
+    writable: bool
     debug: bool
 
 
@@ -242,6 +243,7 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None) -
         gid_mappings=gid_maps,
         mounts=mounts,
         hostname=req.hostname,
+        root_readonly=not req.writable,
         annotations=annotations,
         extras=YurtExtras(
             env_scripts=True,
