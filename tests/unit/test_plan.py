@@ -518,3 +518,12 @@ def test_to_oci_from_oci_round_trip(host_env, cwd, kw):
     assert back.hostname == spec.hostname
     assert back.annotations == spec.annotations
     assert back.to_oci() == doc
+
+
+@pytest.mark.parametrize("cwd,bound", [("/", False), ("/usr", False), ("/usr/local/src", False), ("/etc", False),
+                                       ("/home/u/proj", True), ("/scratch/job", True), ("/var/tmp/x", False),
+                                       ("/opt/app", True), ("/usrlocal", True)])
+def test_binds_cwd(cwd, bound):
+    from yurt.runtime.plan import binds_cwd
+
+    assert binds_cwd(cwd) is bound

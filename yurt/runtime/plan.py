@@ -36,12 +36,13 @@ class ActionRequest(Record):
 
     __slots__ = ("action", "image", "args", "binds", "home", "no_home", "pwd", "contain", "containall", "pid",
                  "ipc", "net", "uts", "hostname", "cleanenv", "env", "env_file", "fakeroot", "writable_tmpfs",
-                 "writable_tmpfs_size", "overlays", "workdir", "shell", "no_init", "ignore_subuid", "writable", "debug")
+                 "writable_tmpfs_size", "overlays", "workdir", "shell", "no_init", "ignore_subuid", "writable",
+                 "fake_ownership", "debug")
     _defaults = {"args": list, "binds": list, "home": None, "no_home": False, "pwd": None, "contain": False,
                  "containall": False, "pid": False, "ipc": False, "net": False, "uts": False, "hostname": None,
                  "cleanenv": False, "env": list, "env_file": None, "fakeroot": False, "writable_tmpfs": False,
                  "writable_tmpfs_size": 64, "overlays": list, "workdir": None, "shell": None, "no_init": False,
-                 "ignore_subuid": False, "writable": False, "debug": False}
+                 "ignore_subuid": False, "writable": False, "fake_ownership": False, "debug": False}
     action: str  # exec | run | shell
     image: Image
     args: list[str]
@@ -68,6 +69,7 @@ class ActionRequest(Record):
     no_init: bool
     ignore_subuid: bool
     writable: bool
+    fake_ownership: bool
     debug: bool
 
 
@@ -206,7 +208,7 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None) -
         mounts.append(Mount("/.singularity.d/runscript", "file", content=runscript, options=["exec"]))
     # 9. the working directory, where it is not visible already
     host_cwd = _host_cwd()
-    if host_cwd and not contain and not req.pwd:
+    if host_cwd and not contain and not req.pwd and binds_cwd(host_cwd):
         mounts.append(Mount(host_cwd, "bind", host_cwd, ["if-not-visible"], optional=True))
     image_env, fallback, workdir = _image_config(req)
     cwd = req.pwd or (workdir if req.action == "run" and workdir else None) or (
@@ -254,9 +256,24 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None) -
             overlays=list(req.overlays),
             init=not req.no_init,
             fakeroot_multi=multi,
+            fake_ownership=req.fake_ownership,
             debug=req.debug,
         ),
     )
+
+
+# The host's own system trees are never bound over the image's as "the working directory":
+# starting yurt from / or /usr must not replace the container's root or /usr with the host's.
+SYSTEM_PATHS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/root", "/run",
+                "/sbin", "/sys", "/usr", "/var")
+
+
+def binds_cwd(cwd: str) -> bool:
+    """Whether the host working directory is bound into the container (not /, not a system tree;
+    /var/tmp is bound anyway)."""
+    if cwd == "/":
+        return False
+    return not any(cwd == p or cwd.startswith(p + "/") for p in SYSTEM_PATHS)
 
 
 def _host_cwd() -> str | None:
