@@ -615,3 +615,26 @@ def test_writable_sandbox(yurt_cmd, busybox_rootfs_copy, busybox_sif):
     assert (busybox_rootfs_copy / "opt" / "tool" / "f").stat().st_uid == os.getuid()
     r = yurt_cmd("exec", "--writable", busybox_sif, "true")
     assert r.returncode == 255 and "read-only" in r.stderr
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "aarch64"), reason="filter built for x86_64/aarch64")
+def test_fake_ownership_lets_chown_succeed_in_single_id_fakeroot(yurt_cmd, busybox_rootfs_copy):
+    script = "touch /tmp/f && chown 1234:1234 /tmp/f && echo chowned; mknod /tmp/n c 1 3 && echo mknod"
+    flags = ["exec", "--fakeroot", "--ignore-subuid", "--contain"]
+    plain = yurt_cmd(*flags, busybox_rootfs_copy, "sh", "-c", script)
+    assert "chowned" not in plain.stdout  # 1234 is not mapped: EINVAL
+    faked = ok(yurt_cmd(*flags, "--fake-ownership", busybox_rootfs_copy, "sh", "-c", script + "; ls -n /tmp/f"))
+    assert "chowned" in faked and "mknod" in faked
+    assert " 0 " in faked.splitlines()[-1]  # still owned by the one mapped id
+
+
+def test_cwd_in_system_paths_is_not_bound_over_the_image(yurt_cmd, busybox_rootfs):
+    """From / or /usr the container keeps its own tree (the busybox image has no /usr/lib)."""
+    out = ok(yurt_cmd("exec", busybox_rootfs, "sh", "-c", "pwd; cat /etc/os-release | head -1", cwd="/"))
+    assert out.splitlines() == ["/", 'NAME="BusyBox"']
+    out = ok(
+        yurt_cmd(
+            "exec", busybox_rootfs, "sh", "-c", "test -d /usr/lib/python3 && echo host || echo image", cwd="/usr/lib"
+        )
+    )
+    assert out.strip() == "image"

@@ -32,6 +32,8 @@ FLAGS = [
     Flag("no-init", help="with --pid, run the payload itself as PID 1"),
     Flag("shell", "value", "s", "shell to start (yurt shell)", "PATH"),
     Flag("ignore-subuid", help="with --fakeroot, map only your own id even if /etc/subuid has a range"),
+    Flag("fake-ownership", help="make chown, mknod and set*id calls succeed as no-ops (seccomp), so package "
+         "managers work in a single-id --fakeroot"),
     Flag("help", short="h", help="show this help"),
 ]
 
@@ -81,6 +83,7 @@ def main(command: str, argv: list[str], ctx) -> int:
         no_init=values["no_init"],
         ignore_subuid=values["ignore_subuid"],
         writable=values["writable"],
+        fake_ownership=values["fake_ownership"],
         debug=ctx.debug,
     )
     spec = plan_container(req)

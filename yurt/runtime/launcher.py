@@ -89,6 +89,11 @@ class _ExecPlan:
         self.env_wrapper = env_script_wrapper(spec.extras.inject_env)
         if spec.extras.env_script_text:
             self.env_wrapper = spec.extras.env_script_text + "\n" + self.env_wrapper
+        if spec.extras.fake_ownership:
+            from yurt.runtime import seccomp
+
+            if not seccomp.supported():
+                raise RuntimeSetupError(f"--fake-ownership is not supported on {os.uname().machine}")
         if spec.extras.debug:
             import traceback  # noqa: F401 - loaded now for error reports after the pivot
 
@@ -131,8 +136,12 @@ def exec_payload(spec: ContainerSpec, plan: _ExecPlan, old_mask: set[int] | None
             supervisor.restore_mask(old_mask)
         for signum in (13, 25):  # SIGPIPE, SIGXFSZ: Python ignores them, the payload must not
             sc.default_signal_action(signum)
-        if proc.no_new_privileges:
+        if proc.no_new_privileges or spec.extras.fake_ownership:
             sc.set_no_new_privs()
+        if spec.extras.fake_ownership:
+            from yurt.runtime import seccomp  # loaded before the pivot by _ExecPlan
+
+            seccomp.install_fake_ownership()
         _execvpe(args, proc.env)
     except YurtError as e:
         _die(e)
