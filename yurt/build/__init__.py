@@ -1,0 +1,1 @@
+"""Image builds: definition files (parsing, templating) -> build plan -> image."""
