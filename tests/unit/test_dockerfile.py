@@ -1002,3 +1002,13 @@ def test_module_is_standard_library_only():
     assert imports <= {"__future__", "copy", "json", "os", "platform", "posixpath", "re", "shlex", "collections",
                        "yurt"}  # fmt: skip
     assert os.path.basename(dockerfile.__file__) == "dockerfile.py"
+
+
+def test_to_deffile_quotes_paths_with_blanks_and_parses_back(tmp_path):
+    from yurt.build import deffile
+
+    (tmp_path / "my file.txt").write_text("x")
+    stages = dockerfile.parse('FROM debian\nCOPY ["my file.txt", "/opt/my dir/"]\n')
+    text, _ = dockerfile.to_deffile(stages, context_dir=str(tmp_path))
+    defs = deffile.parse(text)
+    assert defs[0].files == [("my file.txt", "/opt/my dir/my file.txt")]

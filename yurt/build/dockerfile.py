@@ -1564,15 +1564,20 @@ class _DefStage:
             else:
                 dst = target = posixpath.join(dest_abs, posixpath.basename(path)) if into else dest_abs
                 src = path
-            if any(c in _WS for c in src + dst):
-                self.warn(ins.line, f"{src!r} -> {dst!r}: a path with blanks may not survive a %files line")
-            section.append(f"{src} {dst}")
+            section.append(f"{_files_quote(src)} {_files_quote(dst)}")
             targets.append(target)
         if into:
             self.dirs.add(dest_abs)
         for flag, command in (("chown", "chown"), ("chmod", "chmod")):
             if flag in ins.flags:
                 self.post += [f"{command} -R {shlex.quote(ins.flags[flag])} {shlex.quote(t)}" for t in targets]
+
+
+def _files_quote(path: str) -> str:
+    """A %files path: double-quoted when it has blanks or quotes (the definition-file parser reads them back)."""
+    if not any(c in _WS or c in "\"'" for c in path):
+        return path
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _deffile_names(stages: list[Stage]) -> dict[int, str]:
