@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("yurt.cli.push", "Push a SIF or directory to a registry (oras:// or docker://)"),
     "registry": ("yurt.cli.registry", "Log in to, log out of, or list OCI registries"),
     "cache": ("yurt.cli.cache", "List or clean the image caches"),
+    "convert": ("yurt.cli.convert", "Convert a Dockerfile to a definition file or back"),
     "inspect": ("yurt.cli.inspect", "Show an image's metadata"),
     "run-help": ("yurt.cli.inspect", "Show an image's help text"),
     "version": ("yurt.cli.misc", "Show the yurt version"),
