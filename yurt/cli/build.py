@@ -1,4 +1,4 @@
-"""``yurt build OUT.sif DIR`` and ``yurt build --sandbox OUT DIR``: pack a live filesystem."""
+"""``yurt build OUT SOURCE``: a definition file (recipe) or a root filesystem directory -> a SIF or sandbox."""
 
 from __future__ import annotations
 
@@ -9,13 +9,20 @@ from yurt.errors import UsageError
 
 FLAGS = [
     Flag("sandbox", help="write a directory (sandbox) image instead of a SIF"),
+    Flag("notest", aliases=("no-test",), help="do not run the definition file's %test section"),
+    Flag("build-arg", "list", None, "value for {{ KEY }} in the definition file (repeatable)", "KEY=VALUE"),
+    Flag("build-arg-file", "value", None, "file of KEY=VALUE lines for {{ KEY }} in the definition file", "FILE"),
+    Flag("warn-unused-build-args", help="warn about unused build arguments instead of failing"),
+    Flag("fakeroot", short="f", help="accepted for Apptainer compatibility: unprivileged builds always use "
+         "a fakeroot (with your /etc/subuid range when there is one)"),
     Flag("compression", "value", None, "squashfs compressor: gzip (default), zstd, lz4, xz, lzo", "ALG"),
     Flag("mksquashfs-args", "value", None, "extra arguments passed to mksquashfs", "ARGS"),
     Flag("force", short="F", help="overwrite OUT if it exists"),
     Flag("help", short="h", help="show this help"),
 ]
-SYNOPSIS = ("[options] OUT SOURCE_DIR",
-            "Build an image from a directory (a root filesystem). Reproducible when SOURCE_DATE_EPOCH is set.")
+SYNOPSIS = ("[options] OUT RECIPE.def|SOURCE_DIR",
+            "Build an image from a definition file, or from a directory (a root filesystem). "
+            "Reproducible when SOURCE_DATE_EPOCH is set.")
 
 
 def main(command: str, argv: list[str], ctx) -> int:
@@ -24,25 +31,38 @@ def main(command: str, argv: list[str], ctx) -> int:
         return 0
     values, positionals = parsed
     if len(positionals) != 2:
-        raise UsageError("build needs OUT and SOURCE_DIR", f"yurt build {SYNOPSIS[0]}")
+        raise UsageError("build needs OUT and a definition file or SOURCE_DIR", f"yurt build {SYNOPSIS[0]}")
     out, source = positionals
-    if not os.path.isdir(source):
-        raise UsageError(f"{source} is not a directory",
-                         "this yurt builds from a root filesystem directory; recipes come later")
+    if not os.path.exists(source):
+        raise UsageError(f"{source} does not exist", "give a definition file or a root filesystem directory")
     if os.path.lexists(out):
         if not values["force"]:
             raise UsageError(f"{out} already exists", "use --force to overwrite it")
         if os.path.isdir(out) and not os.path.islink(out):
             raise UsageError(f"{out} is a directory; remove it first")
-    from yurt.image import pack
+    import shlex
 
-    if values["sandbox"]:
-        pack.build_sandbox(source, out)
+    mksquashfs_args = shlex.split(values["mksquashfs_args"] or "")
+    compression = values["compression"] or "gzip"
+    if os.path.isdir(source):
+        from yurt.image import pack
+
+        if values["sandbox"]:
+            pack.build_sandbox(source, out)
+        else:
+            pack.build_sif(source, out, compression=compression, mksquashfs_args=mksquashfs_args)
     else:
-        import shlex
+        from yurt.build import executor
+        from yurt.build.templating import parse_build_args
+        from yurt.registry.pull import PullOptions
 
-        pack.build_sif(source, out, compression=values["compression"] or "gzip",
-                       mksquashfs_args=shlex.split(values["mksquashfs_args"] or ""))
+        insecure = os.environ.get("YURT_INSECURE", os.environ.get("YURT_NOHTTPS", "")).lower() in (
+            "1", "true", "yes", "on")
+        executor.build(source, out, sandbox=values["sandbox"], notest=values["notest"],
+                       build_args=parse_build_args(values["build_arg"]), build_arg_file=values["build_arg_file"],
+                       warn_unused_build_args=values["warn_unused_build_args"], fakeroot=values["fakeroot"],
+                       compression=compression, mksquashfs_args=mksquashfs_args, force=values["force"],
+                       pull_options=PullOptions(insecure=insecure, quiet=ctx.quiet))
     if not ctx.quiet:
         print(f"yurt: built {out}")
     return 0

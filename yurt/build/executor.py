@@ -1,0 +1,647 @@
+"""``yurt build OUT RECIPE.def``: run a definition file, stage by stage, and pack the result.
+
+For each stage, in Apptainer's order (``[A] internal/pkg/build/build.go``):
+
+1. bootstrap (:mod:`yurt.build.agents`) into a fresh sandbox directory;
+2. ``%files from STAGE``: copies out of an earlier stage's sandbox, both paths resolved
+   inside their roots (:func:`yurt.runtime.paths.resolve_in_root`);
+3. ``%setup`` on the host, ``/bin/sh -e``, with ``$APPTAINER_ROOTFS`` (and
+   ``$SINGULARITY_ROOTFS``, ``$YURT_ROOTFS``) set to the sandbox;
+4. ``%files`` (and ``%appfiles``) from the host, relative to the recipe's directory;
+5. the base layout (:func:`yurt.build.layout.prepare_base`), then ``%post`` (and each
+   ``%appinstall``) *inside* the container, through the real launcher: ``/bin/sh -e
+   /.post.script`` (``%post -c INTERP`` picks another shell), writable, as (fake) root,
+   with a clean environment, ``$APPTAINER_ENVIRONMENT`` and ``$APPTAINER_LABELS``;
+6. the metadata (:func:`yurt.build.layout.write_metadata`), then ``%test`` read-only as
+   the user unless ``--notest``.
+
+The last stage becomes a SIF (:func:`yurt.image.pack.build_sif`) or, with ``--sandbox``,
+is renamed to OUT.  Sandboxes live in a temporary directory next to OUT (or in
+``$YURT_TMPDIR``) that is removed at the end, whatever happens.
+
+Who is root during the build:
+
+* **real root**: no user namespace at all.
+* **a subuid range** (``/etc/subuid`` and ``newuidmap``): a user namespace mapping 0 to
+  the builder and 1..N to the range, so ``chown`` really works.  Files then belong to
+  ids the builder cannot touch outside, so every host-side step that writes the tree
+  (unpacking, ``%setup``, ``%files``, packing, removal) runs in a user namespace with
+  the same map.
+* **one id** (no range, or ``YURT_BUILD_IGNORE_SUBUID=1``): 0 inside is the builder;
+  ``chown``/``mknod``/``set*id`` are faked by a seccomp filter, apt gets
+  ``APT::Sandbox::User "root"``, and the image is packed with every file owned by root.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import signal
+import sys
+import tempfile
+
+from yurt.build import agents, layout
+from yurt.build.agents import copy_tree
+from yurt.errors import BuildError, YurtError
+from yurt.runtime.paths import EscapeError, host_path, resolve_in_root
+
+ROOT, SUBUID, SINGLE = "root", "subuid", "single"
+POST_SCRIPT = "/.post.script"
+APT_CONF = "/.yurt-apt.conf"
+APT_SANDBOX = 'APT::Sandbox::User "root";\n'
+
+
+def _say(message: str) -> None:
+    if os.environ.get("YURT_QUIET") not in ("1", "true", "yes"):
+        sys.stderr.write(f"yurt: build: {message}\n")
+        sys.stderr.flush()
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+
+
+# -- running host-side steps as the build's root ----------------------------------------------------
+
+
+def _exit_text(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+
+def _wait(pid: int) -> int:
+    """Wait for a child; on Ctrl-C (which the child gets too) wait for it still, then re-raise."""
+    try:
+        return os.waitpid(pid, 0)[1]
+    except KeyboardInterrupt:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+        raise
+
+
+class Runner:
+    """Runs Python functions and commands that write the image tree, as the build's root.
+
+    In ``subuid`` mode they run in a forked child that entered a user namespace with the
+    build's id map (made by ``newuidmap``/``newgidmap``); otherwise they run here.
+    """
+
+    def __init__(self, mode: str, uid_maps=None, gid_maps=None) -> None:
+        self.mode = mode
+        self.uid_maps = uid_maps or []
+        self.gid_maps = gid_maps or []
+
+    def call(self, func, *args, **kwargs):
+        if self.mode != SUBUID:
+            return func(*args, **kwargs)
+        self._in_userns(func, args, kwargs)
+        return None
+
+    def _in_userns(self, func, args, kwargs) -> None:
+        from yurt import syscalls as sc
+        from yurt.runtime import idmap
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(r)
+                helper = idmap.NewIdMapHelper(self.uid_maps, self.gid_maps)
+                try:
+                    sc.unshare(sc.CLONE_NEWUSER)
+                except OSError as e:
+                    helper.cancel()
+                    raise BuildError(f"cannot create a user namespace: {e.strerror}")
+                if not helper.finish():
+                    raise BuildError("newuidmap/newgidmap failed to map the subuid range")
+                func(*args, **kwargs)
+                code = 0
+            except YurtError as e:
+                os.write(w, str(e).encode())
+            except KeyboardInterrupt:
+                code = 130
+            except BaseException as e:  # noqa: BLE001 - reported to the parent, never raised into its code
+                os.write(w, (f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename
+                             else f"{type(e).__name__}: {e}").encode())
+            finally:
+                os._exit(code)
+        os.close(w)
+        try:
+            chunks = []
+            while chunk := os.read(r, 65536):
+                chunks.append(chunk)
+        except KeyboardInterrupt:
+            _wait(pid)
+            raise
+        finally:
+            os.close(r)
+        status = _wait(pid)
+        if os.waitstatus_to_exitcode(status) == 130:
+            raise KeyboardInterrupt
+        if status != 0:
+            message = b"".join(chunks).decode("utf-8", "replace").strip()
+            raise BuildError(message or f"a build step in the user namespace failed ({_exit_text(status)})")
+
+    def run(self, argv: list[str], *, what: str, env: dict | None = None, cwd: str | None = None) -> None:
+        """Run a command (output streams through); BuildError naming ``what`` when it fails."""
+        self.call(_run_checked, argv, what, env, cwd)
+
+    def remove(self, path: str) -> None:
+        from yurt.image.squashfs import remove_tree
+
+        try:
+            self.call(remove_tree, path)
+        except BuildError as e:
+            sys.stderr.write(f"yurt: warning: could not remove {path}: {e}\n")
+
+
+def _run_checked(argv: list[str], what: str, env: dict | None, cwd: str | None) -> None:
+    import subprocess
+
+    try:
+        rc = subprocess.run(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL).returncode
+    except OSError as e:
+        raise BuildError(f"{what}: cannot run {argv[0]}: {e.strerror}")
+    if rc != 0:
+        raise BuildError(f"{what} failed with " + (f"signal {-rc}" if rc < 0 else f"exit status {rc}"))
+
+
+def detect_mode() -> Runner:
+    """The build's kind of root (see the module docstring), said once on stderr."""
+    if os.geteuid() == 0:
+        return Runner(ROOT)
+    from yurt.runtime import idmap
+    from yurt.runtime.plan import _user_info
+
+    uid, gid = os.getuid(), os.getgid()
+    if not _truthy("YURT_BUILD_IGNORE_SUBUID"):
+        uid_maps, gid_maps, multi = idmap.fakeroot_maps(uid, gid, _user_info(uid, gid)[0], use_subid=True)
+        if multi:
+            runner = Runner(SUBUID, uid_maps, gid_maps)
+            try:
+                runner.call(os.getuid)  # newuidmap works here?
+            except BuildError as e:
+                sys.stderr.write(f"yurt: warning: cannot use the subuid range ({e}); using a single-id fakeroot\n")
+            else:
+                _say("fakeroot with a subuid range (newuidmap)")
+                return runner
+    _say("single-id fakeroot; chown/mknod are faked (seccomp)")
+    return Runner(SINGLE)
+
+
+# -- copying files into a sandbox -------------------------------------------------------------------
+
+
+def glob_in_root(root: str, pattern: str) -> list[str]:
+    """Container paths matching ``pattern`` inside ``root``; every directory listed is resolved inside it."""
+    import fnmatch
+
+    comps = [c for c in pattern.split("/") if c and c != "."]
+    if not any(glob.has_magic(c) for c in comps):
+        return ["/" + "/".join(comps)]
+    candidates = ["/"]
+    for comp in comps:
+        if not glob.has_magic(comp):
+            candidates = [c.rstrip("/") + "/" + comp for c in candidates]
+            continue
+        found = []
+        for c in candidates:
+            try:
+                existing, missing = resolve_in_root(root, c)
+            except EscapeError:
+                continue
+            directory = host_path(root, existing)
+            if missing or not os.path.isdir(directory):
+                continue
+            for name in sorted(os.listdir(directory)):
+                if fnmatch.fnmatchcase(name, comp) and (comp.startswith(".") or not name.startswith(".")):
+                    found.append(c.rstrip("/") + "/" + name)
+        candidates = found
+    out = []
+    for c in candidates:
+        try:
+            if not resolve_in_root(root, c)[1]:
+                out.append(c)
+        except EscapeError:
+            continue
+    return out
+
+
+def _resolve_dst(root: str, dst: str) -> tuple[str, list[str]]:
+    try:
+        return resolve_in_root(root, dst)
+    except EscapeError as e:
+        raise BuildError(f"%files: cannot copy to {dst}: {e.strerror}")
+
+
+def copy_into(src: str, name: str, root: str, dst: str, cp_args: list[str]) -> None:
+    """Copy the host path ``src`` to the container path ``dst`` of ``root``, as ``cp -r`` would.
+
+    An existing directory at ``dst`` receives ``name``; missing parents are made.  ``dst`` is
+    resolved inside ``root``, so no symlink leads out of it.
+    """
+    existing, missing = _resolve_dst(root, dst)
+    if not missing and os.path.isdir(host_path(root, existing)):
+        dst = existing.rstrip("/") + "/" + name
+    _copy_to(src, root, dst, cp_args)
+
+
+def _copy_to(src: str, root: str, dst: str, cp_args: list[str]) -> None:
+    """Copy ``src`` to exactly the container path ``dst``.
+
+    ``cp`` only ever writes to a path that did not exist (so it meets no symlink of the
+    image); a directory that exists on both sides is merged entry by entry, each resolved
+    inside ``root`` again; an existing file is replaced.
+    """
+    existing, missing = _resolve_dst(root, dst)
+    if missing:
+        parent = layout.ensure_dir(root, "/" + "/".join([*existing.split("/"), *missing[:-1]]).strip("/"))
+        copy_tree(["cp", *cp_args, "--", src, os.path.join(parent, missing[-1])], f"%files: copying {src}")
+        return
+    target = host_path(root, existing)
+    follow = "L" in "".join(a for a in cp_args if not a.startswith("--"))
+    src_is_dir = os.path.isdir(src) if follow else os.path.isdir(src) and not os.path.islink(src)
+    if os.path.isdir(target):
+        if not src_is_dir:
+            raise BuildError(f"%files: cannot copy {src} over the directory {existing} in the image")
+        for entry in sorted(os.listdir(src)):
+            _copy_to(os.path.join(src, entry), root, existing.rstrip("/") + "/" + entry, cp_args)
+        return
+    os.unlink(target)
+    copy_tree(["cp", *cp_args, "--", src, target], f"%files: copying {src}")
+
+
+HOST_CP = ["-fLr", "--preserve=mode,timestamps"]  # as Apptainer: symlinks followed, owned by the builder
+STAGE_CP = ["-a"]
+
+
+def copy_host_files(pairs: list[tuple[str, str]], base_dir: str, root: str, dst_base: str = "/") -> None:
+    """``%files`` (or ``%appfiles`` with ``dst_base``): host sources relative to ``base_dir``, globs allowed."""
+    for src, dst in pairs:
+        pattern = src if os.path.isabs(src) else os.path.join(base_dir, src)
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(src) else [pattern]
+        if not matches or not os.path.lexists(matches[0]):
+            raise BuildError(f"%files: {src} " + ("matches nothing" if glob.has_magic(src) else "does not exist")
+                             + (f" (relative to {base_dir})" if not os.path.isabs(src) else ""))
+        for match in matches:
+            if dst == src and glob.has_magic(src):  # no destination given: the same path in the image
+                target = match if os.path.isabs(src) else os.path.relpath(match, base_dir)
+            else:
+                target = dst
+            if len(matches) > 1:
+                layout.ensure_dir(root, _join(dst_base, target))
+            copy_into(match, os.path.basename(match.rstrip("/")), root, _join(dst_base, target), HOST_CP)
+
+
+def copy_stage_files(pairs: list[tuple[str, str]], stage: str, src_root: str, root: str) -> None:
+    """``%files from STAGE``: sources resolved inside the earlier stage's sandbox."""
+    for src, dst in pairs:
+        matches = glob_in_root(src_root, src)
+        if not matches:
+            raise BuildError(f"%files from {stage}: {src} matches nothing in stage {stage}")
+        for match in matches:
+            try:
+                existing, missing = resolve_in_root(src_root, match)
+            except EscapeError as e:
+                raise BuildError(f"%files from {stage}: {src}: {e.strerror}")
+            if missing:
+                raise BuildError(f"%files from {stage}: {match} does not exist in stage {stage}")
+            target = match if dst == src and glob.has_magic(src) else dst
+            if len(matches) > 1:
+                layout.ensure_dir(root, target)
+            name = match.rstrip("/").rsplit("/", 1)[-1] or "."
+            copy_into(host_path(src_root, existing), name, root, target, STAGE_CP)
+
+
+def _join(base: str, path: str) -> str:
+    return "/" + "/".join([*(p for p in base.split("/") if p), *(p for p in path.split("/") if p)])
+
+
+def remove_placeholders(root: str, paths: list[str]) -> None:
+    """Remove the empty mount points the launcher made in a writable sandbox (``/.post.script``, ...)."""
+    for path in sorted(paths, key=len, reverse=True):
+        try:
+            existing, missing = resolve_in_root(root, path)
+        except EscapeError:
+            continue
+        if missing:
+            continue
+        target = host_path(root, existing)
+        try:
+            st = os.lstat(target)
+            if os.path.isdir(target) and not os.listdir(target):
+                os.rmdir(target)
+            elif not os.path.isdir(target) and st.st_size == 0 and not os.path.islink(target):
+                os.unlink(target)
+        except OSError:
+            pass
+
+
+def read_build_labels(root: str) -> dict[str, str]:
+    """Labels that ``%post`` appended to ``$APPTAINER_LABELS`` (``KEY VALUE`` lines); the file is removed."""
+    from yurt.build.deffile import parse_labels
+
+    raw = layout.read_file(root, layout.BUILD_LABELS)
+    if raw is None:
+        return {}
+    try:
+        os.unlink(layout.in_root(root, layout.BUILD_LABELS))
+    except OSError:
+        pass
+    return parse_labels(raw.decode("utf-8", "replace"))
+
+
+# -- the build ---------------------------------------------------------------------------------------
+
+
+class _Build:
+    def __init__(self, definitions, text: str, recipe_dir: str, runner: Runner, work: str, ctl: str, *,
+                 notest: bool, pull_options) -> None:
+        self.definitions = definitions
+        self.text = text
+        self.recipe_dir = recipe_dir
+        self.runner = runner
+        self.work = work
+        self.ctl = ctl
+        self.notest = notest
+        self.pull_options = pull_options
+        self.sandboxes: dict[str, str] = {}
+        self.labels: dict[str, str] = {}
+        self.oci_config: dict | None = None
+
+    def run(self) -> str:
+        """Build every stage; the last one's sandbox path."""
+        sandbox = ""
+        total = len(self.definitions)
+        for i, d in enumerate(self.definitions):
+            sandbox = os.path.join(self.work, f"stage-{i}")
+            self.stage(i, total, d, sandbox)
+            if d.stage:
+                self.sandboxes[d.stage] = sandbox
+        return sandbox
+
+    def stage(self, i: int, total: int, d, sandbox: str) -> None:
+        from yurt import __version__
+
+        name = f" ({d.stage})" if d.stage else ""
+        prefix = f"stage {i + 1}/{total}{name}: " if total > 1 else ""
+        _say(f"{prefix}bootstrap {d.bootstrap}" + (f" {d.source}" if d.source else ""))
+        boot = agents.bootstrap(d, sandbox, self.runner, recipe_dir=self.recipe_dir, pull_options=self.pull_options)
+        config = boot.oci_config
+        if config is None and d.bootstrap == "localimage":
+            config = _sandbox_oci_config(sandbox)
+        self.oci_config = config
+        inherited = layout.inherited_labels(sandbox)
+        self.runner.call(layout.prepare_base, sandbox, oci_config=config, oci_image=d.bootstrap in agents.OCI_AGENTS,
+                         apps=list(d.apps))
+        for stage, pairs in d.files_from.items():
+            _say(f"{prefix}%files from {stage}")
+            self.runner.call(copy_stage_files, pairs, stage, self.sandboxes[stage], sandbox)
+        if d.sections_named("setup"):
+            _say(f"{prefix}%setup")
+            self.setup(d, sandbox)
+        if d.files:
+            _say(f"{prefix}%files")
+            self.runner.call(copy_host_files, d.files, self.recipe_dir, sandbox)
+        for app in d.apps:
+            if d.app_files(app):
+                self.runner.call(copy_host_files, d.app_files(app), self.recipe_dir, sandbox, f"/scif/apps/{app}")
+        post = d.post + layout.post_prologue(d.apps)
+        post_labels: dict[str, str] = {}
+        if d.sections_named("post") or post.strip():
+            _say(f"{prefix}%post")
+            self.post(d, sandbox, post)
+            post_labels = read_build_labels(sandbox)  # the file belongs to the builder in every mode
+        labels = {**inherited,
+                  **layout.build_labels(d.bootstrap, d.source, help_text=bool(d.sections_named("help")),
+                                        version=__version__),
+                  **d.labels, **post_labels}
+        self.labels = labels
+        self.runner.call(layout.write_metadata, sandbox, d, deffile_text=self.text, labels=labels)
+        if d.sections_named("test") and not self.notest:
+            _say(f"{prefix}%test")
+            self.test(sandbox)
+
+    # -- the scripts --
+
+    def _script(self, name: str, body: str) -> str:
+        path = os.path.join(self.ctl, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(body)
+        os.chmod(path, 0o755)
+        return path
+
+    def setup(self, d, sandbox: str) -> None:
+        path = self._script("setup.script", d.setup)
+        env = dict(os.environ, APPTAINER_ROOTFS=sandbox, SINGULARITY_ROOTFS=sandbox, YURT_ROOTFS=sandbox)
+        self.runner.run(["/bin/sh", "-e", path], what="%setup", env=env)
+
+    def post(self, d, sandbox: str, body: str) -> None:
+        args = d.section_args("post")
+        interp = "/bin/sh"
+        if len(args) >= 2 and args[0] == "-c":
+            interp = args[1]
+        elif args:
+            sys.stderr.write(f"yurt: warning: %post arguments {' '.join(args)} ignored (only -c INTERPRETER)\n")
+        path = self._script("post.script", body)
+        binds = [f"{path}:{POST_SCRIPT}:ro"]
+        env = [f"{p}_ENVIRONMENT={layout.BUILD_ENVIRONMENT}" for p in ("APPTAINER", "SINGULARITY")]
+        env += [f"{p}_LABELS={layout.BUILD_LABELS}" for p in ("APPTAINER", "SINGULARITY")]
+        if self.runner.mode == SINGLE:
+            apt = self._script("apt.conf", APT_SANDBOX)
+            binds.append(f"{apt}:{APT_CONF}:ro")
+            env.append(f"APT_CONFIG={APT_CONF}")
+        status = run_in_container(self.runner, sandbox, [interp, "-e", POST_SCRIPT], writable=True, fakeroot=True,
+                                  binds=binds, env=env)
+        if status != 0:
+            raise BuildError(f"%post failed with {_exit_text(status)}")
+
+    def test(self, sandbox: str) -> None:
+        status = run_in_container(self.runner, sandbox, ["/.singularity.d/test"], writable=False, fakeroot=False,
+                                  binds=[], env=[])
+        if status != 0:
+            raise BuildError(f"%test failed with {_exit_text(status)} (see its output above; --notest skips it)")
+
+
+def _sandbox_oci_config(root: str) -> dict | None:
+    import json
+
+    raw = layout.read_file(root, "/.singularity.d/oci-config.json", 1 << 20)
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def run_in_container(runner: Runner, sandbox: str, args: list[str], *, writable: bool, fakeroot: bool,
+                     binds: list[str], env: list[str]) -> int:
+    """Run ``args`` in the sandbox through the real launcher, in a forked child; its wait status.
+
+    With ``writable``, the empty mount points the launcher had to create in the sandbox are
+    removed afterwards.
+    """
+    from yurt.image.rootfs import DirectoryRootfs
+    from yurt.image.source import Image
+    from yurt.runtime.plan import ActionRequest, plan_container
+
+    req = ActionRequest(action="exec", image=Image(path=sandbox, kind="sandbox"), args=args, writable=writable,
+                        fakeroot=fakeroot and runner.mode != ROOT, ignore_subuid=runner.mode == SINGLE,
+                        fake_ownership=fakeroot and runner.mode == SINGLE, cleanenv=True, no_home=True, pwd="/",
+                        binds=binds, env=env)
+    spec = plan_container(req)
+    created = []
+    if writable:
+        for m in spec.mounts:
+            try:
+                if resolve_in_root(sandbox, m.destination)[1]:
+                    created.append(m.destination)
+            except EscapeError:
+                continue
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 255
+        try:
+            from yurt.runtime.launcher import launch
+
+            launch(spec, DirectoryRootfs(sandbox))
+        except YurtError as e:
+            os.write(2, f"yurt: error: {e}\n".encode())
+            code = e.exit_code
+        except BaseException as e:  # noqa: BLE001 - the child must never return into the build
+            os.write(2, f"yurt: error: cannot start the build container: {e}\n".encode())
+        finally:
+            os._exit(code)
+    try:
+        status = _wait(pid)
+    finally:
+        if created:
+            runner.call(remove_placeholders, sandbox, created)
+    return status
+
+
+def _tmp_base(out: str) -> str:
+    base = os.environ.get("YURT_TMPDIR") or os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(base):
+        raise BuildError(f"cannot build: the directory {base} does not exist")
+    return base
+
+
+def _ctl_dir(work: str) -> str:
+    """A directory for the scripts bound into the container (no ':' or ',' in its path: bind syntax)."""
+    ctl = os.path.join(work, "ctl")
+    if ":" in ctl or "," in ctl:
+        ctl = tempfile.mkdtemp(prefix="yurt-build-ctl-")
+        if ":" in ctl or "," in ctl:
+            raise BuildError(f"cannot build: the temporary directory {ctl} has ':' or ',' in its path",
+                             "set YURT_TMPDIR or TMPDIR to another directory")
+        return ctl
+    os.mkdir(ctl, 0o700)
+    return ctl
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+def read_recipe(recipe_path: str, build_args: dict[str, str] | None, build_arg_file: str | None,
+                warn_unused: bool) -> tuple[str, list]:
+    """The rendered text and the parsed, validated stages of a definition file (warnings printed)."""
+    from yurt.build import deffile, templating
+
+    try:
+        with open(recipe_path, "rb") as f:
+            raw = f.read(64 << 20)
+    except OSError as e:
+        raise BuildError(f"cannot read {recipe_path}: {e.strerror}")
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        raise BuildError(f"{recipe_path}: the definition file is not UTF-8 text")
+    arg_values: dict[str, str] = {}
+    warnings: list[str] = []
+    if build_arg_file:
+        try:
+            with open(build_arg_file, encoding="utf-8") as f:
+                arg_values, warnings = templating.parse_arg_file(f.read(), filename=build_arg_file)
+        except OSError as e:
+            raise BuildError(f"cannot read the build-arg file {build_arg_file}: {e.strerror}")
+        except UnicodeDecodeError:
+            raise BuildError(f"{build_arg_file}: not UTF-8 text")
+    rendered, more = templating.render(text, dict(build_args or {}), arg_values, warn_unused=warn_unused,
+                                       filename=recipe_path)
+    warnings += more
+    definitions = deffile.parse(rendered, filename=recipe_path)
+    deffile.validate(definitions)
+    for w in warnings + [w for d in definitions for w in d.warnings]:
+        sys.stderr.write(f"yurt: warning: {w}\n")
+    return rendered, definitions
+
+
+def build(recipe_path: str, out: str, *, sandbox: bool = False, notest: bool = False,
+          build_args: dict[str, str] | None = None, build_arg_file: str | None = None,
+          warn_unused_build_args: bool = False, fakeroot: bool = False, compression: str = "gzip",
+          mksquashfs_args: list[str] | tuple[str, ...] = (), force: bool = False, pull_options=None) -> None:
+    """Build the definition file ``recipe_path`` into ``out`` (a SIF, or a directory with ``sandbox``).
+
+    ``fakeroot`` is accepted for Apptainer compatibility: an unprivileged build is always a
+    fakeroot build.  BuildError on any failure, after removing everything the build made.
+    """
+    text, definitions = read_recipe(recipe_path, build_args, build_arg_file, warn_unused_build_args)
+    if os.path.lexists(out) and (sandbox or not force):
+        raise BuildError(f"{out} already exists", None if sandbox else "use --force to overwrite it")
+    if not sandbox:
+        from yurt.image.squashfs import COMPRESSIONS
+
+        if compression not in COMPRESSIONS:
+            raise BuildError(f"unknown squashfs compression {compression!r}", f"use one of: {', '.join(COMPRESSIONS)}")
+    runner = detect_mode()
+    work = tempfile.mkdtemp(prefix=".yurt-build-", dir=_tmp_base(out))
+    ctl = None
+    try:
+        old_term = signal.signal(signal.SIGTERM, _on_sigterm)  # cleaned up like Ctrl-C
+    except ValueError:  # not the main thread
+        old_term = None
+    try:
+        ctl = _ctl_dir(work)
+        recipe_dir = os.path.dirname(os.path.abspath(recipe_path))
+        b = _Build(definitions, text, recipe_dir, runner, work, ctl, notest=notest, pull_options=pull_options)
+        last = b.run()
+        if sandbox:
+            _say(f"moving the sandbox to {out}")
+            _place_sandbox(runner, last, out)
+        else:
+            _say(f"creating the SIF ({compression})")
+            from yurt.image import pack
+
+            runner.call(pack.build_sif, last, out, compression=compression, mksquashfs_args=list(mksquashfs_args),
+                        deffile=text.encode(), labels=b.labels, oci_config=b.oci_config,
+                        all_root=runner.mode == SINGLE)
+    except KeyboardInterrupt:
+        raise BuildError("interrupted; nothing was built")
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+        if ctl and not ctl.startswith(work + os.sep):
+            runner.remove(ctl)
+        runner.remove(work)
+
+
+def _place_sandbox(runner: Runner, src: str, out: str) -> None:
+    try:
+        os.rename(src, out)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise BuildError(f"cannot move the sandbox to {out}: {e.strerror}")
+        runner.call(copy_tree, ["cp", "-a", "--", src, out], f"copying the sandbox to {out}")
