@@ -86,10 +86,10 @@ class YurtExtras(Record):
     """
 
     __slots__ = ("env_scripts", "inject_env", "env_script_text", "writable_tmpfs", "session_size_mb",
-                 "overlays", "init", "fakeroot_multi", "fake_ownership", "debug")
+                 "overlays", "init", "fakeroot_multi", "fake_ownership", "app", "debug")
     _defaults = {"env_scripts": False, "inject_env": dict, "env_script_text": "", "writable_tmpfs": False,
                  "session_size_mb": 64, "overlays": list, "init": True, "fakeroot_multi": False,
-                 "fake_ownership": False, "debug": False}
+                 "fake_ownership": False, "app": None, "debug": False}
     env_scripts: bool
     inject_env: dict[str, str]
     env_script_text: str
@@ -99,6 +99,7 @@ class YurtExtras(Record):
     init: bool
     fakeroot_multi: bool
     fake_ownership: bool  # seccomp: chown/mknod/set*id succeed as no-ops (single-id builds)
+    app: str | None  # SCIF app whose environment is sourced too
     debug: bool
 
 

@@ -335,6 +335,26 @@ Bootstrap: busybox
     assert json.loads((app / "scif" / "labels.json").read_text())["BESTAPP"] == "FOO"
     assert (app / "scif" / "runscript.help").read_text().strip() == "Help for foo."
     assert ok(yurt_cmd("exec", out, "/scif/apps/foo/scif/runscript")).strip() == "RUNNING FOO"
+    # yurt run --app: the app's runscript, with its environment and the SCIF variables
+    assert ok(yurt_cmd("run", "--app", "foo", out)).strip() == "RUNNING FOO"
+    assert ok(yurt_cmd("exec", "--app", "foo", out, "sh", "-c", 'echo "$SOFTWARE $SCIF_APPNAME $SCIF_APPROOT"')
+              ).split() == ["foo", "foo", "/scif/apps/foo"]
+    r = yurt_cmd("run", "--app", "nope", out)
+    assert r.returncode == 255 and "no SCIF app 'nope'" in r.stderr
+    r = yurt_cmd("run", "--app", "../etc", out)
+    assert r.returncode == 255 and "bad app name" in r.stderr
+
+
+def test_yurt_test_runs_the_image_test(yurt_cmd, tmp_path):
+    recipe = write(tmp_path / "t.def", "Bootstrap: busybox\n\n%test\n    echo testing \"$@\"\n    exit 3\n")
+    out = tmp_path / "t"
+    ok(yurt_cmd("build", "--notest", "--sandbox", out, recipe))
+    r = yurt_cmd("test", out, "x")
+    assert r.returncode == 3 and r.stdout == "testing x\n"
+    bare = tmp_path / "bare"
+    ok(yurt_cmd("build", "--sandbox", bare, write(tmp_path / "b.def", "Bootstrap: busybox\n")))
+    r = yurt_cmd("test", bare)
+    assert r.returncode == 255 and "no test" in r.stderr
 
 
 def test_build_from_sif_and_directory_source_still_works(yurt_cmd, busybox_rootfs, tmp_path):

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "exec": ("yurt.cli.actions", "Run a command inside a container"),
     "run": ("yurt.cli.actions", "Run the image's runscript (or Entrypoint + Cmd)"),
     "shell": ("yurt.cli.actions", "Start an interactive shell inside a container"),
+    "test": ("yurt.cli.actions", "Run the image's test script (%test)"),
     "build": ("yurt.cli.build", "Build a SIF or sandbox image from a definition file or a directory"),
     "pull": ("yurt.cli.pull", "Pull an image from a registry or OCI layout into a SIF"),
     "push": ("yurt.cli.push", "Push a SIF or directory to a registry (oras:// or docker://)"),

@@ -31,6 +31,7 @@ FLAGS = [
     Flag("unsquash", help="unpack a SIF into the node-local cache instead of mounting it"),
     Flag("no-init", help="with --pid, run the payload itself as PID 1"),
     Flag("shell", "value", "s", "shell to start (yurt shell)", "PATH"),
+    Flag("app", "value", None, "SCIF app: run/test its scripts, with its environment", "NAME"),
     Flag("ignore-subuid", help="with --fakeroot, map only your own id even if /etc/subuid has a range"),
     Flag("fake-ownership", help="make chown, mknod and set*id calls succeed as no-ops (seccomp), so package "
          "managers work in a single-id --fakeroot"),
@@ -41,6 +42,7 @@ SYNOPSIS = {
     "exec": ("[options] IMAGE COMMAND [ARGS...]", "Run COMMAND inside IMAGE (a .sif file or a directory)."),
     "run": ("[options] IMAGE [ARGS...]", "Run IMAGE's runscript, or its Entrypoint + Cmd."),
     "shell": ("[options] IMAGE", "Start an interactive shell inside IMAGE."),
+    "test": ("[options] IMAGE", "Run IMAGE's test script (%test; --app NAME for an app's %apptest)."),
 }
 
 
@@ -84,6 +86,7 @@ def main(command: str, argv: list[str], ctx) -> int:
         ignore_subuid=values["ignore_subuid"],
         writable=values["writable"],
         fake_ownership=values["fake_ownership"],
+        app=values["app"],
         debug=ctx.debug,
     )
     spec = plan_container(req)

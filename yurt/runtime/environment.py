@@ -145,7 +145,7 @@ def apply_path_edits(path: str, edits: dict[str, str]) -> str:
     return path
 
 
-def env_script_wrapper(late: dict[str, str]) -> str:
+def env_script_wrapper(late: dict[str, str], app: str | None = None) -> str:
     """Shell text that sources the image's env scripts then re-applies ``late``.
 
     Run as ``/bin/sh -c TEXT yurt CMD ARGS...``: the shell ``exec``s the payload,
@@ -155,6 +155,9 @@ def env_script_wrapper(late: dict[str, str]) -> str:
         'for __yurt_f in /.singularity.d/env/*.sh; do if [ -f "$__yurt_f" ]; then . "$__yurt_f"; fi; done',
         "unset __yurt_f",
     ]
+    if app:  # a SCIF app's %appenv comes after the image's own environment
+        lines.insert(1, f'for __yurt_f in /scif/apps/{app}/scif/env/*.sh; do if [ -f "$__yurt_f" ]; then '
+                        '. "$__yurt_f"; fi; done')
     for k, v in late.items():
         if k == "PREPEND_PATH":
             lines.append(f'export PATH={sh_quote(v)}:"$PATH"')

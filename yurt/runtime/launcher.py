@@ -32,6 +32,8 @@ _NS_FLAGS = {
     NS_NET: sc.CLONE_NEWNET,
 }
 RUNSCRIPT = "/.singularity.d/runscript"
+TESTSCRIPT = "/.singularity.d/test"
+SCIF_APPS = "/scif/apps/"
 
 
 def launch(spec: ContainerSpec, rootfs: Rootfs) -> NoReturn:
@@ -86,7 +88,7 @@ class _ExecPlan:
             import json
 
             self.fallback = json.loads(raw)
-        self.env_wrapper = env_script_wrapper(spec.extras.inject_env)
+        self.env_wrapper = env_script_wrapper(spec.extras.inject_env, spec.extras.app)
         if spec.extras.env_script_text:
             self.env_wrapper = spec.extras.env_script_text + "\n" + self.env_wrapper
         if spec.extras.fake_ownership:
@@ -149,11 +151,17 @@ def exec_payload(spec: ContainerSpec, plan: _ExecPlan, old_mask: set[int] | None
 
 def _final_args(spec: ContainerSpec, plan: _ExecPlan) -> list[str]:
     args = list(spec.process.args)
+    if args and args[0] == TESTSCRIPT and not os.path.exists(TESTSCRIPT):
+        raise YurtError("this image has no test", "build it with a %test section")
+    if args and args[0].startswith(SCIF_APPS) and not os.path.exists(args[0]):
+        raise YurtError(f"this image has no SCIF app {spec.extras.app!r} with a {os.path.basename(args[0])}",
+                        "see 'yurt inspect --json IMAGE' for the apps it has")
     if args and args[0] == RUNSCRIPT and not os.path.exists(RUNSCRIPT):
         if not plan.fallback:
             raise YurtError("this image has no runscript", "use 'yurt exec IMAGE COMMAND' instead")
         args = list(plan.fallback)  # Entrypoint + (user args or Cmd)
-    if spec.extras.env_scripts and (spec.extras.env_script_text or os.path.isdir("/.singularity.d/env")):
+    if spec.extras.env_scripts and (spec.extras.env_script_text or spec.extras.app
+                                    or os.path.isdir("/.singularity.d/env")):
         if os.path.exists("/bin/sh"):
             args = ["/bin/sh", "-c", plan.env_wrapper, "yurt", *args]
         elif spec.extras.debug:

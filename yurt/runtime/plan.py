@@ -31,18 +31,25 @@ from yurt.spec import (
 SYSTEM_FILES = ("/etc/localtime", "/etc/hosts")
 
 
+def valid_app_name(name: str) -> bool:
+    """SCIF app names become paths: letters, digits and ``_.+-``, not starting with a dot or dash."""
+    return bool(name) and (name[0].isalnum() or name[0] == "_") and all(
+        c.isascii() and (c.isalnum() or c in "_.+-") for c in name)
+
+
 class ActionRequest(Record):
     """What ``yurt exec|run|shell`` was asked to do, flags already parsed."""
 
     __slots__ = ("action", "image", "args", "binds", "home", "no_home", "pwd", "contain", "containall", "pid",
                  "ipc", "net", "uts", "hostname", "cleanenv", "env", "env_file", "fakeroot", "writable_tmpfs",
                  "writable_tmpfs_size", "overlays", "workdir", "shell", "no_init", "ignore_subuid", "writable",
-                 "fake_ownership", "debug")
+                 "fake_ownership", "app", "debug")
     _defaults = {"args": list, "binds": list, "home": None, "no_home": False, "pwd": None, "contain": False,
                  "containall": False, "pid": False, "ipc": False, "net": False, "uts": False, "hostname": None,
                  "cleanenv": False, "env": list, "env_file": None, "fakeroot": False, "writable_tmpfs": False,
                  "writable_tmpfs_size": 64, "overlays": list, "workdir": None, "shell": None, "no_init": False,
-                 "ignore_subuid": False, "writable": False, "fake_ownership": False, "debug": False}
+                 "ignore_subuid": False, "writable": False, "fake_ownership": False, "app": None,
+                 "debug": False}
     action: str  # exec | run | shell
     image: Image
     args: list[str]
@@ -70,6 +77,7 @@ class ActionRequest(Record):
     ignore_subuid: bool
     writable: bool
     fake_ownership: bool
+    app: str | None
     debug: bool
 
 
@@ -228,6 +236,11 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None) -
     }
     if req.action == "shell":
         container_vars["PS1"] = "Yurt> "
+    if req.app:
+        if not valid_app_name(req.app):
+            raise UsageError(f"bad app name {req.app!r}", "SCIF app names are letters, digits and ._+-")
+        container_vars.update({"SCIF_APPNAME": req.app, "SCIF_APPROOT": f"/scif/apps/{req.app}",
+                               "SCIF_APPDATA": f"/scif/data/{req.app}", "APPTAINER_APPNAME": req.app})
     env, late = environment.build_environment(host_env, home=home_dst, cleanenv=cleanenv, image_env=image_env,
                                               inject=inject, container_vars=container_vars)
     args = _action_args(req, fallback)
@@ -257,6 +270,7 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None) -
             init=not req.no_init,
             fakeroot_multi=multi,
             fake_ownership=req.fake_ownership,
+            app=req.app,
             debug=req.debug,
         ),
     )
@@ -310,5 +324,11 @@ def _action_args(req: ActionRequest, fallback: list[str] | None) -> list[str]:
         return ["/bin/sh", "-c", 'if [ -x /bin/bash ]; then exec /bin/bash --norc "$@"; fi; exec /bin/sh "$@"',
                 "/bin/sh", *req.args]
     if req.action == "run":
+        if req.app:
+            return [f"/scif/apps/{req.app}/scif/runscript", *req.args]
         return ["/.singularity.d/runscript", *req.args]
+    if req.action == "test":
+        if req.app:
+            return [f"/scif/apps/{req.app}/scif/test", *req.args]
+        return ["/.singularity.d/test", *req.args]
     raise UsageError(f"unknown action {req.action}")
