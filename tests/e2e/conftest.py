@@ -39,6 +39,7 @@ import socket
 import ssl
 import subprocess
 import tarfile
+import tempfile
 import threading
 import time
 import urllib.error
@@ -530,3 +531,33 @@ def skopeo_inspect(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., di
         return json.loads(_run([*argv, f"docker://{ref}"], env=_skopeo_env(tmp_path)).stdout)
 
     return inspect
+
+
+DEBIAN_MIRROR = os.environ.get("YURT_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+
+
+@pytest.fixture(scope="session")
+def debian_mirror() -> str:
+    """The Debian mirror the tests use (``$YURT_TEST_DEBIAN_MIRROR``)."""
+    return DEBIAN_MIRROR
+
+
+@pytest.fixture(scope="session")
+def debian_rootfs() -> Path:
+    """A Debian bookworm minbase tree by debootstrap (root only), cached across runs on one machine
+    under ``/var/tmp/yurt-ci/debian-bookworm`` (``$YURT_TEST_DEBIAN_ROOTFS``).  It holds device
+    nodes: copy it with ``cp -a``, never ``shutil.copytree`` (which would read /dev/full forever)."""
+    if shutil.which("debootstrap") is None:
+        pytest.skip("debootstrap is not installed")
+    final = Path(os.environ.get("YURT_TEST_DEBIAN_ROOTFS", "/var/tmp/yurt-ci/debian-bookworm"))
+    if not (final / "etc" / "os-release").exists():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix="debian-", dir=final.parent))
+        r = subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(tmp), DEBIAN_MIRROR],
+                           capture_output=True, text=True, timeout=900)
+        if r.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            pytest.fail(f"debootstrap from {DEBIAN_MIRROR} failed: {r.stderr.strip().splitlines()[-1:]}")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    return final

@@ -30,7 +30,6 @@ import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
-MIRROR = os.environ.get("YURT_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 RECIPE = """\
 Bootstrap: localimage
 From: {base}
@@ -45,25 +44,6 @@ From: {base}
 %test
     hello | grep -q "Hello, world!"
 """
-
-
-@pytest.fixture(scope="session")
-def debian_rootfs() -> Path:
-    """The same cached tree as ``test_debian.py`` (debootstrap --variant=minbase bookworm)."""
-    if shutil.which("debootstrap") is None:
-        pytest.skip("debootstrap is not installed")
-    final = Path(os.environ.get("YURT_TEST_DEBIAN_ROOTFS", "/var/tmp/yurt-ci/debian-bookworm"))
-    if not (final / "etc" / "os-release").exists():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix="debian-", dir=final.parent))
-        r = subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(tmp), MIRROR],
-                           capture_output=True, text=True, timeout=900)
-        if r.returncode != 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            pytest.fail(f"debootstrap from {MIRROR} failed: {r.stderr.strip().splitlines()[-1:]}")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    return final
 
 
 @pytest.fixture
@@ -169,10 +149,10 @@ def test_root_build_installs_a_package_with_apt(debian_rootfs, yurt_cmd, workdir
     assert owners["/var/cache/apt/archives/partial"].split("/")[0] != "0"  # _apt: real root chowns
 
 
-def test_debootstrap_needs_root(test_user, user_workdir):
+def test_debootstrap_needs_root(test_user, user_workdir, debian_mirror):
     workdir = user_workdir
     recipe = workdir / "deboot.def"
-    recipe.write_text(f"Bootstrap: debootstrap\nOSVersion: bookworm\nMirrorURL: {MIRROR}\n")
+    recipe.write_text(f"Bootstrap: debootstrap\nOSVersion: bookworm\nMirrorURL: {debian_mirror}\n")
     recipe.chmod(0o644)
     r = test_user.yurt("build", workdir / "x.sif", recipe)
     assert r.returncode == 255

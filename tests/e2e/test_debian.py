@@ -8,7 +8,6 @@ The pulled SIF is then also run by the unprivileged test user (squashfuse, zstd)
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -17,31 +16,6 @@ from pathlib import Path
 import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
-
-MIRROR = os.environ.get("YURT_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-
-
-@pytest.fixture(scope="session")
-def debian_rootfs() -> Path:
-    if shutil.which("debootstrap") is None:
-        pytest.skip("debootstrap is not installed")
-    final = Path(os.environ.get("YURT_TEST_DEBIAN_ROOTFS", "/var/tmp/yurt-ci/debian-bookworm"))
-    if not (final / "etc" / "os-release").exists():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix="debian-", dir=final.parent))
-        r = subprocess.run(
-            ["debootstrap", "--variant=minbase", "bookworm", str(tmp), MIRROR],
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        if r.returncode != 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            pytest.fail(f"debootstrap from {MIRROR} failed: {r.stderr.strip().splitlines()[-1:]}")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    return final
-
 
 @pytest.fixture(scope="session")
 def pushed_debian(debian_rootfs, registry_http, umoci_image, skopeo_push, tmp_path_factory) -> str:
