@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from yurt.cli.options import Flag, parse, parse_command
+from yurt.cli.options import Flag, parse_command
 from yurt.errors import UsageError
 
 FLAGS = [
@@ -104,11 +104,10 @@ def _pulled(ref: str, ctx) -> str:
     """``docker://``, ``oras://``, ``oci:``...: the cached SIF (pulled first when missing)."""
     if not ref.startswith(("docker://", "oras://", "oci:", "oci-archive:", "docker-archive:")):
         return ref
-    from yurt.cli.pull import FLAGS, pull_options
+    from yurt.cli.pull import options_from_environment
     from yurt.registry.pull import pull
 
-    values, _ = parse([], FLAGS, stop_at_positional=False)  # YURT_INSECURE, YURT_ARCH, ... apply here too
-    return str(pull(ref, pull_options(values, ctx)).sif)
+    return str(pull(ref, options_from_environment(ctx)).sif)
 
 
 def _rootfs_for(image, unsquash: bool, debug: bool):

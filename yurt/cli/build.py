@@ -54,15 +54,12 @@ def main(command: str, argv: list[str], ctx) -> int:
     else:
         from yurt.build import executor
         from yurt.build.templating import parse_build_args
-        from yurt.registry.pull import PullOptions
-
-        insecure = os.environ.get("YURT_INSECURE", os.environ.get("YURT_NOHTTPS", "")).lower() in (
-            "1", "true", "yes", "on")
+        from yurt.cli.pull import options_from_environment
         executor.build(source, out, sandbox=values["sandbox"], notest=values["notest"],
                        build_args=parse_build_args(values["build_arg"]), build_arg_file=values["build_arg_file"],
                        warn_unused_build_args=values["warn_unused_build_args"], fakeroot=values["fakeroot"],
                        compression=compression, mksquashfs_args=mksquashfs_args, force=values["force"],
-                       pull_options=PullOptions(insecure=insecure, quiet=ctx.quiet))
+                       pull_options=options_from_environment(ctx))
     if not ctx.quiet:
         print(f"yurt: built {out}")
     return 0

@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 import shutil
 
-from yurt.cli.options import Flag, parse_command
+from yurt.cli.options import Flag, parse, parse_command
 from yurt.errors import UsageError
 
+# Shared with `yurt push`.
+TLS_FLAGS = [
+    Flag("insecure", help="plain HTTP or unverified TLS for this registry", env=("YURT_NOHTTPS",)),
+    Flag("ca-file", "value", None, "CA certificate file for the registry's TLS", "FILE"),
+]
 FLAGS = [
     Flag("arch", "value", None, "architecture to pull from a multi-arch image (default: this machine's)", "ARCH"),
     Flag("platform", "value", None, "platform os/arch[/variant], e.g. linux/arm64/v8", "PLATFORM"),
-    Flag("insecure", help="plain HTTP or unverified TLS for this registry", env=("YURT_NOHTTPS",)),
-    Flag("ca-file", "value", None, "CA certificate file for the registry's TLS", "FILE"),
+    *TLS_FLAGS,
     Flag("compression", "value", None, "squashfs compression of the converted image: zstd (default), gzip, lz4",
          "ALG"),
     Flag("force", short="F", help="download and convert again, and overwrite OUT"),
@@ -37,6 +41,13 @@ def pull_options(values: dict, ctx):
                        ca_file=values.get("ca_file"), compression=values.get("compression") or "zstd",
                        force=values.get("force", False), quiet=ctx.quiet,
                        progress=Progress(quiet=ctx.quiet))
+
+
+def options_from_environment(ctx):
+    """PullOptions from ``YURT_INSECURE``, ``YURT_ARCH``, ... alone: for pulls that other commands make
+    (``exec docker://``, a build's ``Bootstrap: docker``)."""
+    values, _ = parse([], FLAGS, stop_at_positional=False)
+    return pull_options(values, ctx)
 
 
 def default_name(ref: str) -> str:

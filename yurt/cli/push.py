@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from yurt.cli.options import Flag, parse_command
+from yurt.cli.pull import TLS_FLAGS
 from yurt.errors import UsageError
 
 FLAGS = [
-    Flag("insecure", help="plain HTTP or unverified TLS for this registry", env=("YURT_NOHTTPS",)),
-    Flag("ca-file", "value", None, "CA certificate file for the registry's TLS", "FILE"),
+    *TLS_FLAGS,
     Flag("layer-compression", "value", None, "docker:// layer compression: gzip (default) or zstd", "ALG"),
     Flag("help", short="h", help="show this help"),
 ]
