@@ -176,6 +176,16 @@ def is_root_fixture() -> bool:
     return is_root()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A fresh yurt cache per rootless session (as in CI), so build-cache hits never depend on earlier runs.
+
+    Not for root: root tests run yurt as the test user, who must not inherit a root-owned directory.
+    """
+    if not is_root() and "YURT_CACHEDIR" not in os.environ:
+        os.environ["YURT_CACHEDIR"] = str(tmp_path_factory.mktemp("yurt-cache"))
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

@@ -47,6 +47,50 @@ def warn(message: str) -> None:
     sys.stderr.write(f"yurt: warning: {message}\n")
 
 
+def identity(definition, recipe_dir: str, pull_options, mode: str) -> dict:
+    """What the bootstrap's result depends on, for the build cache key.
+
+    Registry and OCI sources are pulled (into the cache, so the bootstrap reuses it) and named
+    by their manifest digest, local images and the busybox binary by the digest of their
+    content; debootstrap by its header (like Docker's ``RUN apt-get``, a mirror's moving
+    content is not pinned).  ``mode`` (root, subuid, single) is part of it: it decides who
+    owns the files.
+    """
+    from yurt.build.cache import file_digest, tree_digest
+
+    agent = definition.bootstrap
+    out: dict = {"agent": agent, "from": definition.source, "mode": mode,
+                 "header": {k: v for k, v in sorted(definition.header.items()) if k not in ("bootstrap", "from")}}
+    try:
+        if agent in OCI_AGENTS:
+            out["digest"] = _pull(definition, recipe_dir, pull_options)[0].manifest_digest
+        elif agent == "localimage":
+            source = local_path(definition.source or "", recipe_dir)
+            out["digest"] = tree_digest(source) if os.path.isdir(source) else file_digest(source)
+        elif agent == "busybox":
+            out["digest"] = file_digest(os.environ.get("YURT_BUSYBOX") or DEFAULT_BUSYBOX)
+    except OSError as e:
+        raise BuildError(f"{definition.filename}:{definition.line}: Bootstrap: {agent}: "
+                         f"cannot read {e.filename or definition.source}: {e.strerror}")
+    return out
+
+
+_PULLED: dict[str, tuple] = {}
+
+
+def _pull(definition, recipe_dir: str, pull_options) -> tuple:
+    """``(PullResult, reference)`` of an OCI stage, pulled once per build."""
+    from yurt.registry.pull import pull
+
+    ref = oci_reference(definition, recipe_dir)
+    if ref not in _PULLED:
+        try:
+            _PULLED[ref] = (pull(ref, pull_options), ref)
+        except YurtError as e:
+            raise BuildError(f"{definition.filename}:{definition.line}: Bootstrap: {definition.bootstrap}: {e}")
+    return _PULLED[ref]
+
+
 def bootstrap(definition, dest: str, runner, *, recipe_dir: str, pull_options=None) -> Bootstrapped:
     """Create the sandbox ``dest`` for the stage ``definition`` (see the module docstring)."""
     agent = definition.bootstrap
@@ -212,11 +256,9 @@ def oci_reference(definition, recipe_dir: str) -> str:
 
 def _oci(definition, dest: str, runner, recipe_dir: str, pull_options) -> Bootstrapped:
     from yurt.image.source import open_image
-    from yurt.registry.pull import pull
 
-    ref = oci_reference(definition, recipe_dir)
+    result, ref = _pull(definition, recipe_dir, pull_options)
     try:
-        result = pull(ref, pull_options)
         image = open_image(str(result.sif))
     except YurtError as e:
         raise BuildError(f"{definition.filename}:{definition.line}: Bootstrap: {definition.bootstrap}: {e}")

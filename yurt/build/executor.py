@@ -361,9 +361,67 @@ def read_build_labels(root: str) -> dict[str, str]:
 # -- the build ---------------------------------------------------------------------------------------
 
 
+class Tree:
+    """One stage's sandbox, kept in step with the build cache.
+
+    A step whose key is cached is not run: the tree only falls behind.  When a step must
+    really run, the tree is first brought up to date by unpacking the cached layers
+    (:func:`yurt.build.cache.restore`); after it runs, what it changed is recorded as its
+    entry's layer.  So an unchanged recipe runs nothing, and a changed late step reruns
+    only from there.
+    """
+
+    def __init__(self, build: _Build, path: str, label: str) -> None:
+        self.build = build
+        self.path = path
+        self.label = label
+        self.key: str | None = None
+        self.state = os.path.join(build.ctl, f"{os.path.basename(path)}.state")
+        self.current = False  # the directory holds the state of self.key
+
+    def step(self, kind: str, payload: object, what: str, action) -> dict:
+        """Run ``action()`` (it returns the step's produced data, a dict, or None) unless cached."""
+        from yurt.build import cache
+
+        b = self.build
+        key = cache.step_key(self.key, kind, payload)
+        meta = b.cache.get(key) if b.cache is not None else None
+        if meta is not None:
+            _say(f"{self.label}{what}: cached")
+            self.key, self.current = key, False
+            return dict(meta.get("extra") or {})
+        _say(f"{self.label}{what}")
+        self.materialize()
+        extra = action() or {}
+        if b.cache is not None:
+            try:
+                b.cache.commit(key, self.key, what, lambda layer: b.runner.call(cache.write_layer, self.path,
+                                                                               self.state, layer), extra)
+            except (YurtError, OSError) as e:
+                sys.stderr.write(f"yurt: warning: build cache disabled for the rest of this build: {e}\n")
+                b.cache = None
+        self.key, self.current = key, True
+        return extra
+
+    def materialize(self) -> None:
+        """Make the directory hold the state of ``self.key`` (nothing to do before the first step)."""
+        from yurt.build import cache
+
+        if self.current or self.key is None:
+            return
+        b = self.build
+        if os.path.lexists(self.path):
+            b.runner.remove(self.path)
+        _say(f"{self.label}restoring the cached steps")
+        b.runner.call(cache.restore, b.cache.layers(self.key), self.path)
+        if b.cache is not None:
+            b.runner.call(cache.record_state, self.path, self.state)
+        self.current = True
+
+
 class _Build:
     def __init__(self, definitions, text: str, recipe_dir: str, runner: Runner, work: str, ctl: str, *,
-                 notest: bool, pull_options) -> None:
+                 notest: bool, pull_options, build_cache=None) -> None:
         self.definitions = definitions
         self.text = text
         self.recipe_dir = recipe_dir
@@ -372,62 +430,111 @@ class _Build:
         self.ctl = ctl
         self.notest = notest
         self.pull_options = pull_options
-        self.sandboxes: dict[str, str] = {}
+        self.cache = build_cache
+        self.trees: dict[str, Tree] = {}
         self.labels: dict[str, str] = {}
         self.oci_config: dict | None = None
 
-    def run(self) -> str:
-        """Build every stage; the last one's sandbox path."""
-        sandbox = ""
+    def run(self) -> Tree:
+        """Build every stage; the last one's tree."""
+        tree = None
         total = len(self.definitions)
         for i, d in enumerate(self.definitions):
-            sandbox = os.path.join(self.work, f"stage-{i}")
-            self.stage(i, total, d, sandbox)
+            name = f" ({d.stage})" if d.stage else ""
+            tree = Tree(self, os.path.join(self.work, f"stage-{i}"), f"stage {i + 1}/{total}{name}: " if total > 1
+                        else "")
+            self.stage(d, tree)
             if d.stage:
-                self.sandboxes[d.stage] = sandbox
-        return sandbox
+                self.trees[d.stage] = tree
+        assert tree is not None
+        return tree
 
-    def stage(self, i: int, total: int, d, sandbox: str) -> None:
+    def stage(self, d, tree: Tree) -> None:
         from yurt import __version__
+        from yurt.build import cache
 
-        name = f" ({d.stage})" if d.stage else ""
-        prefix = f"stage {i + 1}/{total}{name}: " if total > 1 else ""
-        _say(f"{prefix}bootstrap {d.bootstrap}" + (f" {d.source}" if d.source else ""))
-        boot = agents.bootstrap(d, sandbox, self.runner, recipe_dir=self.recipe_dir, pull_options=self.pull_options)
-        config = boot.oci_config
-        if config is None and d.bootstrap == "localimage":
-            config = _sandbox_oci_config(sandbox)
+        sandbox = tree.path
+        identity = agents.identity(d, self.recipe_dir, self.pull_options, self.runner.mode)
+        pre = d.sections_named("pre")
+
+        def do_bootstrap() -> dict:
+            if pre:
+                self.script_on_host("pre", d.pre, {})
+            boot = agents.bootstrap(d, sandbox, self.runner, recipe_dir=self.recipe_dir,
+                                    pull_options=self.pull_options)
+            config = boot.oci_config
+            if config is None and d.bootstrap == "localimage":
+                config = _sandbox_oci_config(sandbox)
+            return {"oci_config": config}
+
+        what = f"bootstrap {d.bootstrap}" + (f" {d.source}" if d.source else "")
+        config = tree.step("bootstrap", {"identity": identity, "pre": d.pre if pre else None}, what,
+                           do_bootstrap).get("oci_config")
         self.oci_config = config
-        inherited = layout.inherited_labels(sandbox)
-        self.runner.call(layout.prepare_base, sandbox, oci_config=config, oci_image=d.bootstrap in agents.OCI_AGENTS,
-                         apps=list(d.apps))
-        for stage, pairs in d.files_from.items():
-            _say(f"{prefix}%files from {stage}")
-            self.runner.call(copy_stage_files, pairs, stage, self.sandboxes[stage], sandbox)
-        if d.sections_named("setup"):
-            _say(f"{prefix}%setup")
-            self.setup(d, sandbox)
-        if d.files:
-            _say(f"{prefix}%files")
-            self.runner.call(copy_host_files, d.files, self.recipe_dir, sandbox)
-        for app in d.apps:
-            if d.app_files(app):
-                self.runner.call(copy_host_files, d.app_files(app), self.recipe_dir, sandbox, f"/scif/apps/{app}")
+
+        # %files from, %setup, %files and %appfiles: one step keyed by their text and what they copy.
+        from_keys = {}
+        for stage in d.files_from:
+            if stage not in self.trees:
+                raise BuildError(f"%files from {stage}: no earlier stage is named {stage}")
+            from_keys[stage] = self.trees[stage].key
+        host_files = [(src, dst, _sources_digest(src, self.recipe_dir)) for src, dst in d.files]
+        app_files = {app: [(src, dst, _sources_digest(src, self.recipe_dir)) for src, dst in d.app_files(app)]
+                     for app in d.apps if d.app_files(app)}
+        payload = {"config": config, "apps": list(d.apps), "from": from_keys,
+                   "files_from": {k: list(map(list, v)) for k, v in d.files_from.items()},
+                   "setup": d.setup if d.sections_named("setup") else None, "files": host_files, "appfiles": app_files}
+
+        def do_prepare() -> None:
+            self.runner.call(layout.prepare_base, sandbox, oci_config=config,
+                             oci_image=d.bootstrap in agents.OCI_AGENTS, apps=list(d.apps))
+            for stage, pairs in d.files_from.items():
+                _say(f"{tree.label}%files from {stage}")
+                self.trees[stage].materialize()
+                self.runner.call(copy_stage_files, pairs, stage, self.trees[stage].path, sandbox)
+            if d.sections_named("setup"):
+                _say(f"{tree.label}%setup")
+                self.script_on_host("setup", d.setup, {"APPTAINER_ROOTFS": sandbox, "SINGULARITY_ROOTFS": sandbox,
+                                                       "YURT_ROOTFS": sandbox})
+            if d.files:
+                _say(f"{tree.label}%files")
+                self.runner.call(copy_host_files, d.files, self.recipe_dir, sandbox)
+            for app in d.apps:
+                if d.app_files(app):
+                    self.runner.call(copy_host_files, d.app_files(app), self.recipe_dir, sandbox, f"/scif/apps/{app}")
+
+        tree.step("prepare", payload, "base layout" + (", %setup" if d.sections_named("setup") else "")
+                  + (", %files" if d.files or d.files_from else ""), do_prepare)
+
         post = d.post + layout.post_prologue(d.apps)
         post_labels: dict[str, str] = {}
         if d.sections_named("post") or post.strip():
-            _say(f"{prefix}%post")
-            self.post(d, sandbox, post)
-            post_labels = read_build_labels(sandbox)  # the file belongs to the builder in every mode
-        labels = {**inherited,
-                  **layout.build_labels(d.bootstrap, d.source, help_text=bool(d.sections_named("help")),
-                                        version=__version__),
-                  **d.labels, **post_labels}
-        self.labels = labels
-        self.runner.call(layout.write_metadata, sandbox, d, deffile_text=self.text, labels=labels)
-        if d.sections_named("test") and not self.notest:
-            _say(f"{prefix}%test")
-            self.test(sandbox)
+            def do_post() -> dict:
+                self.post(d, sandbox, post)
+                return {"labels": read_build_labels(sandbox)}  # the file belongs to the builder in every mode
+
+            post_labels = tree.step("post", {"post": post, "args": d.section_args("post"), "mode": self.runner.mode},
+                                    "%post", do_post).get("labels") or {}
+
+        def do_metadata() -> dict:
+            inherited = layout.inherited_labels(sandbox)
+            labels = {**inherited,
+                      **layout.build_labels(d.bootstrap, d.source, help_text=bool(d.sections_named("help")),
+                                            version=__version__),
+                      **d.labels, **post_labels}
+            self.runner.call(layout.write_metadata, sandbox, d, deffile_text=self.text, labels=labels)
+            if d.sections_named("test") and not self.notest:
+                _say(f"{tree.label}%test")
+                self.test(sandbox)
+            return {"labels": labels}
+
+        sections = [[s.name, s.app, s.args, s.body] for s in d.sections
+                    if s.name not in ("pre", "setup", "files", "appfiles", "post", "appinstall")]
+        meta_payload = {"text": cache.step_key(None, "text", self.text), "sections": sections, "labels": d.labels,
+                        "post_labels": post_labels, "test": not self.notest, "version": __version__,
+                        "epoch": os.environ.get("SOURCE_DATE_EPOCH")}
+        self.labels = tree.step("metadata", meta_payload, "metadata" + (", %test" if d.sections_named("test")
+                                and not self.notest else ""), do_metadata).get("labels") or {}
 
     # -- the scripts --
 
@@ -438,10 +545,14 @@ class _Build:
         os.chmod(path, 0o755)
         return path
 
-    def setup(self, d, sandbox: str) -> None:
-        path = self._script("setup.script", d.setup)
-        env = dict(os.environ, APPTAINER_ROOTFS=sandbox, SINGULARITY_ROOTFS=sandbox, YURT_ROOTFS=sandbox)
-        self.runner.run(["/bin/sh", "-e", path], what="%setup", env=env)
+    def script_on_host(self, name: str, body: str, extra_env: dict[str, str]) -> None:
+        """``%pre`` or ``%setup``: ``/bin/sh -e`` on the host, as the builder (the build's root for %setup)."""
+        path = self._script(f"{name}.script", body)
+        env = dict(os.environ, **extra_env)
+        if name == "pre":
+            _run_checked(["/bin/sh", "-e", path], "%pre", env, None)
+        else:
+            self.runner.run(["/bin/sh", "-e", path], what=f"%{name}", env=env)
 
     def post(self, d, sandbox: str, body: str) -> None:
         args = d.section_args("post")
@@ -468,6 +579,15 @@ class _Build:
                                   binds=[], env=[])
         if status != 0:
             raise BuildError(f"%test failed with {_exit_text(status)} (see its output above; --notest skips it)")
+
+
+def _sources_digest(src: str, base_dir: str) -> list:
+    """What a ``%files`` source names on the host, digested (for the step's cache key)."""
+    from yurt.build.cache import tree_digest
+
+    pattern = src if os.path.isabs(src) else os.path.join(base_dir, src)
+    matches = sorted(glob.glob(pattern)) if glob.has_magic(src) else [pattern]
+    return [[os.path.relpath(m, base_dir), tree_digest(m, follow_links=True)] for m in matches if os.path.exists(m)]
 
 
 def _sandbox_oci_config(root: str) -> dict | None:
@@ -592,11 +712,14 @@ def read_recipe(recipe_path: str, build_args: dict[str, str] | None, build_arg_f
 def build(recipe_path: str, out: str, *, sandbox: bool = False, notest: bool = False,
           build_args: dict[str, str] | None = None, build_arg_file: str | None = None,
           warn_unused_build_args: bool = False, fakeroot: bool = False, compression: str = "gzip",
-          mksquashfs_args: list[str] | tuple[str, ...] = (), force: bool = False, pull_options=None) -> None:
+          mksquashfs_args: list[str] | tuple[str, ...] = (), force: bool = False, pull_options=None,
+          no_cache: bool = False) -> None:
     """Build the definition file ``recipe_path`` into ``out`` (a SIF, or a directory with ``sandbox``).
 
     ``fakeroot`` is accepted for Apptainer compatibility: an unprivileged build is always a
-    fakeroot build.  BuildError on any failure, after removing everything the build made.
+    fakeroot build.  Steps found in the build cache are not run (``no_cache``: every step
+    runs; the cache is still filled).  BuildError on any failure, after removing everything
+    the build made.
     """
     text, definitions = read_recipe(recipe_path, build_args, build_arg_file, warn_unused_build_args)
     if os.path.lexists(out) and (sandbox or not force):
@@ -616,18 +739,11 @@ def build(recipe_path: str, out: str, *, sandbox: bool = False, notest: bool = F
     try:
         ctl = _ctl_dir(work)
         recipe_dir = os.path.dirname(os.path.abspath(recipe_path))
-        b = _Build(definitions, text, recipe_dir, runner, work, ctl, notest=notest, pull_options=pull_options)
+        b = _Build(definitions, text, recipe_dir, runner, work, ctl, notest=notest, pull_options=pull_options,
+                   build_cache=open_cache(no_cache))
         last = b.run()
-        if sandbox:
-            _say(f"moving the sandbox to {out}")
-            _place_sandbox(runner, last, out)
-        else:
-            _say(f"creating the SIF ({compression})")
-            from yurt.image import pack
-
-            runner.call(pack.build_sif, last, out, compression=compression, mksquashfs_args=list(mksquashfs_args),
-                        deffile=text.encode(), labels=b.labels, oci_config=b.oci_config,
-                        all_root=runner.mode == SINGLE)
+        finish(b, last, out, sandbox=sandbox, compression=compression, mksquashfs_args=mksquashfs_args,
+               deffile=text.encode())
     except KeyboardInterrupt:
         raise BuildError("interrupted; nothing was built")
     finally:
@@ -636,6 +752,48 @@ def build(recipe_path: str, out: str, *, sandbox: bool = False, notest: bool = F
         if ctl and not ctl.startswith(work + os.sep):
             runner.remove(ctl)
         runner.remove(work)
+
+
+def open_cache(no_cache: bool):
+    """The build cache (None, with a warning, when the cache directory cannot be used)."""
+    from yurt.build.cache import BuildCache
+
+    agents._PULLED.clear()
+    try:
+        return BuildCache(read=not no_cache)
+    except (YurtError, OSError) as e:
+        sys.stderr.write(f"yurt: warning: building without the build cache: {e}\n")
+        return None
+
+
+def finish(b, last: Tree, out: str, *, sandbox: bool, compression: str, mksquashfs_args, deffile: bytes | None) -> None:
+    """Turn the last stage's tree into OUT: a sandbox directory, or a SIF (from the cache when it has it)."""
+    from yurt.build import cache
+
+    runner = b.runner
+    if sandbox:
+        last.materialize()
+        _say(f"moving the sandbox to {out}")
+        _place_sandbox(runner, last.path, out)
+        return
+    deffile_text = (deffile or b"").decode("utf-8", "replace")
+    pack_key = cache.step_key(last.key, "pack", {
+        "compression": compression, "args": list(mksquashfs_args),
+        "deffile": cache.step_key(None, "text", deffile_text), "labels": b.labels, "oci": b.oci_config,
+        "all_root": runner.mode == SINGLE, "epoch": os.environ.get("SOURCE_DATE_EPOCH")})
+    cached = b.cache.cached_image(last.key, pack_key) if b.cache is not None and last.key else None
+    if cached is not None:
+        _say(f"the SIF is cached: copying it to {out}")
+        cache.copy_out(cached, out)
+        return
+    last.materialize()
+    _say(f"creating the SIF ({compression})")
+    from yurt.image import pack
+
+    runner.call(pack.build_sif, last.path, out, compression=compression, mksquashfs_args=list(mksquashfs_args),
+                deffile=deffile, labels=b.labels, oci_config=b.oci_config, all_root=runner.mode == SINGLE)
+    if b.cache is not None and last.key:
+        b.cache.keep_image(last.key, pack_key, out)
 
 
 def _place_sandbox(runner: Runner, src: str, out: str) -> None:

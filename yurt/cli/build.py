@@ -18,6 +18,7 @@ FLAGS = [
     Flag("compression", "value", None, "squashfs compressor: gzip (default), zstd, lz4, xz, lzo", "ALG"),
     Flag("mksquashfs-args", "value", None, "extra arguments passed to mksquashfs", "ARGS"),
     Flag("force", short="F", help="overwrite OUT if it exists"),
+    Flag("no-cache", help="run every step even when the build cache has it (the cache is still filled)"),
     Flag("help", short="h", help="show this help"),
 ]
 SYNOPSIS = ("[options] OUT RECIPE.def|SOURCE_DIR",
@@ -59,7 +60,7 @@ def main(command: str, argv: list[str], ctx) -> int:
                        build_args=parse_build_args(values["build_arg"]), build_arg_file=values["build_arg_file"],
                        warn_unused_build_args=values["warn_unused_build_args"], fakeroot=values["fakeroot"],
                        compression=compression, mksquashfs_args=mksquashfs_args, force=values["force"],
-                       pull_options=options_from_environment(ctx))
+                       pull_options=options_from_environment(ctx), no_cache=values["no_cache"])
     if not ctx.quiet:
         print(f"yurt: built {out}")
     return 0

@@ -8,9 +8,9 @@ import time
 from yurt.cli.options import Flag, parse, usage
 from yurt.errors import UsageError
 
-TYPES = ("blob", "sif", "unpacked", "ref")
+TYPES = ("blob", "sif", "unpacked", "ref", "build")
 _TYPE = Flag("type", kind="value", short="T", metavar="TYPE",
-             help="only these entries: blob, sif, unpacked, ref or all (comma-separated)")
+             help="only these entries: blob, sif, unpacked, ref, build or all (comma-separated)")
 _HELP = Flag("help", short="h", help="show this help")
 LIST_FLAGS = [_TYPE, Flag("json", short="j", help="print JSON"), _HELP]
 CLEAN_FLAGS = [
@@ -22,7 +22,7 @@ CLEAN_FLAGS = [
 ]
 FLAGS = [_TYPE, LIST_FLAGS[1], *CLEAN_FLAGS[1:]]
 
-SUMMARY = ("Manage yurt's caches: downloaded blobs, converted SIFs and resolved references in\n"
+SUMMARY = ("Manage yurt's caches: downloaded blobs, converted SIFs, resolved references and build steps in\n"
            "$YURT_CACHEDIR (~/.cache/yurt), and images unpacked on this node in $YURT_LOCAL_CACHEDIR\n"
            "(/var/tmp/yurt-<uid>).")
 TOP_USAGE = f"""Usage: yurt cache list|clean [options]

@@ -1,15 +1,16 @@
 """The user's image cache: content-addressed blobs, converted SIFs and resolved references.
 
-Layout under ``$YURT_CACHEDIR`` (default ``~/.cache/yurt``, mode 0700)::
+Layout under ``$YURT_CACHEDIR`` (default: ``cache_dir`` in the config, else ``~/.cache/yurt``; mode 0700)::
 
     blobs/sha256/<hex>          registry blobs, named by the digest of their content
     sif/<hex>.sif               images converted to SIF, named by their manifest digest
     refs/<sha256(ref)>.json     last manifest digest a reference (docker://x:tag) resolved to
+    build/<key>/                one build step: its layer and meta (see :mod:`yurt.build.cache`)
     tmp/                        files being written (same filesystem: renames are atomic)
     locks/<name>.lock           flock(2) files serialising work on one entry
 
 plus, node-local, the unpacked-SIF cache of :class:`yurt.image.rootfs.ExtractedSquashfs`
-under ``$YURT_LOCAL_CACHEDIR`` (default ``/var/tmp/yurt-<uid>``)::
+under ``$YURT_LOCAL_CACHEDIR`` (default: ``local_cache_dir`` in the config, else ``/var/tmp/yurt-<uid>``)::
 
     unpacked/<key>              extracted image trees (``<key>.tmp-<pid>`` while unpacking)
     locks/unpacked-<key>.lock   held (shared) by users of a tree, so ``clean`` leaves it alone
@@ -40,7 +41,7 @@ from yurt.record import Record
 from yurt.store.atomic import fsync_path
 from yurt.store.locks import LocksUnsupported, acquire, try_lock
 
-KINDS = ("blob", "sif", "unpacked", "ref")
+KINDS = ("blob", "sif", "unpacked", "ref", "build")
 #: A temporary entry untouched this long is abandoned even if its pid looks alive (pid reuse, other hosts).
 STALE_TMP_SECONDS = 24 * 3600
 _ALGORITHMS = {"sha256": 64, "sha512": 128}
@@ -59,11 +60,17 @@ def parse_digest(digest: str) -> tuple[str, str]:
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("YURT_CACHEDIR") or Path.home() / ".cache" / "yurt").absolute()
+    """``$YURT_CACHEDIR``, else ``cache_dir`` of the user or site config, else ``~/.cache/yurt``."""
+    from yurt.config import load
+
+    return Path(load().cache_dir)
 
 
 def default_local_root() -> Path:
-    return Path(os.environ.get("YURT_LOCAL_CACHEDIR") or f"/var/tmp/yurt-{os.getuid()}").absolute()
+    """``$YURT_LOCAL_CACHEDIR``, else ``local_cache_dir`` of the config, else ``/var/tmp/yurt-<uid>``."""
+    from yurt.config import load
+
+    return Path(load().local_cache_dir)
 
 
 class Entry(Record):
@@ -359,6 +366,13 @@ class Store:
             out.append(_entry("ref", name, Path(de.path)))
         return [e for e in out if e is not None]
 
+    def _list_build(self) -> list[Entry]:
+        out = []
+        for de in _scandir(self.root / "build"):
+            if len(de.name) == 64 and _HEX.issuperset(de.name) and de.is_dir(follow_symlinks=False):
+                out.append(_entry("build", de.name, Path(de.path), tree=True))
+        return [e for e in out if e is not None]
+
     def _list_unpacked(self) -> list[Entry]:
         if not self._local_ok():
             return []
@@ -374,6 +388,8 @@ class Store:
     def _entry_lock_path(self, entry: Entry) -> Path:
         if entry.kind == "unpacked":
             return self.local_root / "locks" / f"unpacked-{entry.path.name}.lock"
+        if entry.kind == "build":
+            return self.locks / f"build-{entry.name}.lock"
         name = self.lock_name(entry.name) if entry.kind in ("blob", "sif") else f"ref-{entry.path.stem}"
         return self.locks / f"{name}.lock"
 
@@ -387,6 +403,15 @@ class Store:
             raise
 
     def _remove_entry(self, entry: Entry) -> None:
+        if entry.kind == "build":
+            doomed = self.tmp / f"{os.getpid()}~{os.uname().nodename}~{os.urandom(4).hex()}~build-rm"
+            try:
+                _mkdirs(self.tmp)
+                os.rename(entry.path, doomed)  # a build sees the entry whole or not at all
+            except FileNotFoundError:
+                return
+            force_rmtree(doomed)
+            return
         if entry.kind != "unpacked":
             _unlink(entry.path)
             return
@@ -402,7 +427,7 @@ class Store:
     def _stale_temps(self, kind: str | None, dry_run: bool) -> list[Entry]:
         found: list[Entry] = []
         now = time.time()
-        if kind in (None, "blob", "sif", "ref"):
+        if kind in (None, "blob", "sif", "ref", "build"):
             host = os.uname().nodename
             for de in _scandir(self.tmp):
                 entry = _entry("tmp", de.name, Path(de.path), tree=de.is_dir(follow_symlinks=False))
