@@ -565,10 +565,9 @@ class _Build:
         binds = [f"{path}:{POST_SCRIPT}:ro"]
         env = [f"{p}_ENVIRONMENT={layout.BUILD_ENVIRONMENT}" for p in ("APPTAINER", "SINGULARITY")]
         env += [f"{p}_LABELS={layout.BUILD_LABELS}" for p in ("APPTAINER", "SINGULARITY")]
-        if self.runner.mode == SINGLE:
-            apt = self._script("apt.conf", APT_SANDBOX)
-            binds.append(f"{apt}:{APT_CONF}:ro")
-            env.append(f"APT_CONFIG={APT_CONF}")
+        more_binds, more_env = single_id_extras(self.runner, self.ctl)
+        binds += more_binds
+        env += more_env
         status = run_in_container(self.runner, sandbox, [interp, "-e", POST_SCRIPT], writable=True, fakeroot=True,
                                   binds=binds, env=env)
         if status != 0:
@@ -579,6 +578,17 @@ class _Build:
                                   binds=[], env=[])
         if status != 0:
             raise BuildError(f"%test failed with {_exit_text(status)} (see its output above; --notest skips it)")
+
+
+def single_id_extras(runner: Runner, ctl: str) -> tuple[list[str], list[str]]:
+    """Binds and environment that a build step needs under a single-id fakeroot: apt must not drop to ``_apt``."""
+    if runner.mode != SINGLE:
+        return [], []
+    apt = os.path.join(ctl, "apt.conf")
+    if not os.path.exists(apt):
+        with open(apt, "w", encoding="utf-8") as f:
+            f.write(APT_SANDBOX)
+    return [f"{apt}:{APT_CONF}:ro"], [f"APT_CONFIG={APT_CONF}"]
 
 
 def _sources_digest(src: str, base_dir: str) -> list:
@@ -604,7 +614,7 @@ def _sandbox_oci_config(root: str) -> dict | None:
 
 
 def run_in_container(runner: Runner, sandbox: str, args: list[str], *, writable: bool, fakeroot: bool,
-                     binds: list[str], env: list[str]) -> int:
+                     binds: list[str], env: list[str], cwd: str = "/") -> int:
     """Run ``args`` in the sandbox through the real launcher, in a forked child; its wait status.
 
     With ``writable``, the empty mount points the launcher had to create in the sandbox are
@@ -616,7 +626,7 @@ def run_in_container(runner: Runner, sandbox: str, args: list[str], *, writable:
 
     req = ActionRequest(action="exec", image=Image(path=sandbox, kind="sandbox"), args=args, writable=writable,
                         fakeroot=fakeroot and runner.mode != ROOT, ignore_subuid=runner.mode == SINGLE,
-                        fake_ownership=fakeroot and runner.mode == SINGLE, cleanenv=True, no_home=True, pwd="/",
+                        fake_ownership=fakeroot and runner.mode == SINGLE, cleanenv=True, no_home=True, pwd=cwd,
                         binds=binds, env=env)
     spec = plan_container(req)
     created = []
@@ -722,6 +732,22 @@ def build(recipe_path: str, out: str, *, sandbox: bool = False, notest: bool = F
     the build made.
     """
     text, definitions = read_recipe(recipe_path, build_args, build_arg_file, warn_unused_build_args)
+    agents._PULLED.clear()
+    check_output(out, sandbox=sandbox, force=force, compression=compression)
+    recipe_dir = os.path.dirname(os.path.abspath(recipe_path))
+
+    def make(runner: Runner, work: str, ctl: str) -> None:
+        b = _Build(definitions, text, recipe_dir, runner, work, ctl, notest=notest, pull_options=pull_options,
+                   build_cache=open_cache(no_cache))
+        last = b.run()
+        finish(b, last, out, sandbox=sandbox, compression=compression, mksquashfs_args=mksquashfs_args,
+               deffile=text.encode())
+
+    in_workspace(out, make)
+
+
+def check_output(out: str, *, sandbox: bool, force: bool, compression: str) -> None:
+    """Refuse an existing OUT (unless ``force`` for a SIF) and an unknown compressor, before any work."""
     if os.path.lexists(out) and (sandbox or not force):
         raise BuildError(f"{out} already exists", None if sandbox else "use --force to overwrite it")
     if not sandbox:
@@ -729,6 +755,13 @@ def build(recipe_path: str, out: str, *, sandbox: bool = False, notest: bool = F
 
         if compression not in COMPRESSIONS:
             raise BuildError(f"unknown squashfs compression {compression!r}", f"use one of: {', '.join(COMPRESSIONS)}")
+
+
+def in_workspace(out: str, make) -> None:
+    """``make(runner, work, ctl)`` with a fresh work directory next to OUT, removed whatever happens.
+
+    Ctrl-C and SIGTERM end the build cleanly ("nothing was built").
+    """
     runner = detect_mode()
     work = tempfile.mkdtemp(prefix=".yurt-build-", dir=_tmp_base(out))
     ctl = None
@@ -738,12 +771,7 @@ def build(recipe_path: str, out: str, *, sandbox: bool = False, notest: bool = F
         old_term = None
     try:
         ctl = _ctl_dir(work)
-        recipe_dir = os.path.dirname(os.path.abspath(recipe_path))
-        b = _Build(definitions, text, recipe_dir, runner, work, ctl, notest=notest, pull_options=pull_options,
-                   build_cache=open_cache(no_cache))
-        last = b.run()
-        finish(b, last, out, sandbox=sandbox, compression=compression, mksquashfs_args=mksquashfs_args,
-               deffile=text.encode())
+        make(runner, work, ctl)
     except KeyboardInterrupt:
         raise BuildError("interrupted; nothing was built")
     finally:
@@ -758,7 +786,6 @@ def open_cache(no_cache: bool):
     """The build cache (None, with a warning, when the cache directory cannot be used)."""
     from yurt.build.cache import BuildCache
 
-    agents._PULLED.clear()
     try:
         return BuildCache(read=not no_cache)
     except (YurtError, OSError) as e:

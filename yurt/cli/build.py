@@ -19,11 +19,15 @@ FLAGS = [
     Flag("mksquashfs-args", "value", None, "extra arguments passed to mksquashfs", "ARGS"),
     Flag("force", short="F", help="overwrite OUT if it exists"),
     Flag("no-cache", help="run every step even when the build cache has it (the cache is still filled)"),
+    Flag("dockerfile", "value", None, "build this Dockerfile; SOURCE is then the build context directory", "FILE"),
+    Flag("tag", "value", "t", "name recorded in the image (org.opencontainers.image.ref.name)", "NAME"),
+    Flag("target", "value", None, "Dockerfile: build this stage (and what it needs) instead of the last", "STAGE"),
     Flag("help", short="h", help="show this help"),
 ]
-SYNOPSIS = ("[options] OUT RECIPE.def|SOURCE_DIR",
-            "Build an image from a definition file, or from a directory (a root filesystem). "
-            "Reproducible when SOURCE_DATE_EPOCH is set.")
+SYNOPSIS = ("[options] OUT RECIPE.def|Dockerfile|SOURCE_DIR  (or --dockerfile FILE OUT CONTEXT_DIR)",
+            "Build an image from a definition file, a Dockerfile (named Dockerfile or Containerfile, or given with "
+            "--dockerfile; its directory is the context), or a directory (a root filesystem). Unchanged steps come "
+            "from the build cache. Reproducible when SOURCE_DATE_EPOCH is set.")
 
 
 def main(command: str, argv: list[str], ctx) -> int:
@@ -45,7 +49,24 @@ def main(command: str, argv: list[str], ctx) -> int:
 
     mksquashfs_args = shlex.split(values["mksquashfs_args"] or "")
     compression = values["compression"] or "gzip"
-    if os.path.isdir(source):
+    from yurt.build.dockerbuild import is_dockerfile
+
+    dockerfile = values["dockerfile"]
+    if dockerfile is None and os.path.isfile(source) and is_dockerfile(source):
+        dockerfile, source = source, os.path.dirname(os.path.abspath(source))
+    if dockerfile is not None:
+        from yurt.build import dockerbuild
+        from yurt.build.templating import parse_build_args
+        from yurt.cli.pull import options_from_environment
+
+        if not os.path.isdir(source):
+            raise UsageError(f"{source} is not a directory", "with --dockerfile, give the build context directory")
+        dockerbuild.build(dockerfile, source, out, sandbox=values["sandbox"],
+                          build_args=parse_build_args(values["build_arg"]), target=values["target"],
+                          tag=values["tag"], compression=compression, mksquashfs_args=mksquashfs_args,
+                          force=values["force"], pull_options=options_from_environment(ctx),
+                          no_cache=values["no_cache"])
+    elif os.path.isdir(source):
         from yurt.image import pack
 
         if values["sandbox"]:

@@ -1,0 +1,579 @@
+"""``yurt build --dockerfile``: run a Dockerfile, instruction by instruction, without root, and pack a SIF.
+
+The Dockerfile is parsed by :mod:`yurt.build.dockerfile` (Docker's rules for ARG, ENV,
+substitution, stages).  Only the stages the target needs are built (the last stage, or
+``--target``), as BuildKit does.  Each stage is a :class:`yurt.build.executor.Tree`, so every
+instruction that changes the tree is one cached step:
+
+* ``FROM image``: pulled through the registry client (its manifest digest keys the step) and
+  unpacked; ``FROM stage`` continues that stage's chain of steps; ``FROM scratch`` is empty.
+* ``RUN``: through the same launcher as ``yurt exec``, as (fake) root, writable, with the
+  stage's ENV and ARG values, in its WORKDIR, with its SHELL (exec form: as written).
+* ``COPY``/``ADD``: sources from the context (``.dockerignore`` applied, wildcards with
+  Docker's semantics, a directory's *content* copied), ``--from`` a stage or an image,
+  ``--chown`` (names looked up in the image's ``/etc/passwd`` and ``/etc/group``) and
+  ``--chmod``; files are owned by root unless ``--chown`` says otherwise.  ``ADD`` unpacks
+  local tar archives and downloads URLs (mode 0600).  Host sources are first staged in the
+  build's private directory, then copied into the tree with every destination resolved
+  inside it, so neither a hostile archive nor a symlink in the base image leads out.
+* ``WORKDIR`` creates the directory.  ``ENV``, ``ARG``, ``LABEL``, ``USER``, ``CMD``,
+  ``ENTRYPOINT``, ``SHELL``, ``EXPOSE``, ``VOLUME``, ``STOPSIGNAL``, ``HEALTHCHECK`` change only
+  the image config (:func:`yurt.build.dockerfile.image_config`), which is part of the keys
+  of the steps after them.
+
+The result carries the image config as the SIF's ``oci-config.json`` object, so ``yurt run``
+follows Entrypoint + Cmd and WorkingDir as ``docker run`` does, plus the Apptainer layout
+(``/.singularity.d`` env script and runscript) so it runs in Apptainer too.
+
+Not done, with a warning: ``RUN --mount``/``--network``/``--security`` (the step runs
+without them), a non-root ``USER`` for ``RUN`` (steps run as the build's root; the image's
+User is recorded), ``ONBUILD`` triggers of a base image, ``FROM --platform`` other than the
+host's.  Refused: ``ADD`` of git repositories, heredocs.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import sys
+import tempfile
+
+from yurt.build import agents, layout
+from yurt.build import dockerfile as df
+from yurt.build.executor import (
+    SINGLE,
+    Runner,
+    Tree,
+    _copy_to,
+    _exit_text,
+    _say,
+    check_output,
+    finish,
+    glob_in_root,
+    in_workspace,
+    open_cache,
+    run_in_container,
+    single_id_extras,
+)
+from yurt.errors import BuildError, YurtError
+from yurt.runtime.paths import EscapeError, host_path, resolve_in_root
+
+DOCKERFILE_NAMES = ("Dockerfile", "Containerfile")
+
+
+def is_dockerfile(path: str) -> bool:
+    """Whether a path names a Dockerfile: ``Dockerfile``, ``Containerfile``, ``x.Dockerfile``, ``Dockerfile.x``."""
+    name = os.path.basename(path)
+    return any(name == n or name.startswith(n + ".") or name.endswith("." + n) for n in DOCKERFILE_NAMES)
+
+
+# -- copying into the tree (run through the Runner: these take only plain values) -----------------------
+
+
+def place(sources: list[tuple[str, bool]], root: str, dest: str, into_dir: bool, owner: tuple[int, int] | None,
+          chmod: int | None) -> None:
+    """Copy host ``sources`` (``(path, copy its content)``) to the container path ``dest`` as COPY does.
+
+    One plain source and ``dest`` not ending in ``/`` (``into_dir`` false): ``dest`` is the
+    file, or an existing directory receives it.  Otherwise ``dest`` is a directory.  Then the
+    copies get ``owner`` and ``chmod``.
+    """
+    copied: list[str] = []
+    if len(sources) == 1 and not sources[0][1] and not into_dir:
+        src = sources[0][0]
+        target = dest
+        try:
+            existing, missing = resolve_in_root(root, dest)
+        except EscapeError as e:
+            raise BuildError(f"cannot copy to {dest}: {e.strerror}")
+        if not missing and os.path.isdir(host_path(root, existing)) and not os.path.islink(host_path(root, existing)):
+            target = existing.rstrip("/") + "/" + os.path.basename(src)
+        _copy_to(src, root, target, ["-a"])
+        copied.append(target)
+    else:
+        layout.ensure_dir(root, dest)
+        for src, content in sources:
+            names = sorted(os.listdir(src)) if content else [os.path.basename(src.rstrip("/"))]
+            for name in names:
+                target = dest.rstrip("/") + "/" + name
+                _copy_to(os.path.join(src, name) if content else src, root, target, ["-a"])
+                copied.append(target)
+    if owner is None and chmod is None:
+        return
+    for path in copied:
+        try:
+            existing, missing = resolve_in_root(root, path)
+        except EscapeError:
+            continue
+        if missing:
+            continue
+        top = host_path(root, existing)
+        _fix(top, owner, chmod)
+        if os.path.isdir(top) and not os.path.islink(top):
+            for dirpath, dirnames, filenames in os.walk(top):
+                for name in dirnames + filenames:
+                    _fix(os.path.join(dirpath, name), owner, chmod)
+
+
+def _fix(path: str, owner: tuple[int, int] | None, chmod: int | None) -> None:
+    if owner is not None:
+        os.lchown(path, *owner)
+    if chmod is not None and not os.path.islink(path):
+        os.chmod(path, chmod)
+
+
+def extract_archive(archive: str, dest: str) -> None:
+    """ADD's local archive: unpacked (compression sniffed by tar) into the private staging directory."""
+    import subprocess
+
+    os.makedirs(dest, exist_ok=True)
+    proc = subprocess.run(["tar", "--extract", f"--file={archive}", f"--directory={dest}", "--no-same-owner",
+                           "--no-same-permissions"], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"ADD: cannot unpack {os.path.basename(archive)}: {proc.stderr.strip()[-300:]}")
+
+
+def _lookup_ids(root: str, spec: str, where: str) -> tuple[int, int]:
+    """``--chown=USER[:GROUP]`` to numbers, names looked up in the image (as Docker does)."""
+    user, _, group = spec.partition(":")
+
+    def find(path: str, name: str, field: int) -> int | None:
+        raw = layout.read_file(root, path, 8 << 20)
+        for line in (raw or b"").decode("utf-8", "replace").splitlines():
+            parts = line.split(":")
+            if len(parts) > field and parts[0] == name and parts[field].isdigit():
+                return int(parts[field])
+        return None
+
+    if user.isdigit():
+        uid = int(user)
+        default_gid = uid
+    else:
+        uid = find("/etc/passwd", user, 2)
+        if uid is None:
+            raise BuildError(f"{where} --chown={spec}: no user {user!r} in the image's /etc/passwd")
+        default_gid = find("/etc/passwd", user, 3)
+    if not group:
+        return uid, default_gid if default_gid is not None else uid
+    gid = int(group) if group.isdigit() else find("/etc/group", group, 2)
+    if gid is None:
+        raise BuildError(f"{where} --chown={spec}: no group {group!r} in the image's /etc/group")
+    return uid, gid
+
+
+def _parse_chmod(value: str, where: str) -> int:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o7777:
+        raise BuildError(f"{where} --chmod={value}: only octal modes (e.g. 0755) are supported")
+    return mode
+
+
+# -- the build ---------------------------------------------------------------------------------------
+
+
+class _DockerBuild:
+    def __init__(self, stages: list, text: str, filename: str, context: str, runner: Runner, work: str, ctl: str,
+                 *, pull_options, build_cache, matcher: df.Matcher, tag: str | None) -> None:
+        self.stages = stages
+        self.text = text
+        self.filename = filename
+        self.context = context
+        self.runner = runner
+        self.work = work
+        self.ctl = ctl
+        self.pull_options = pull_options
+        self.cache = build_cache
+        self.matcher = matcher
+        self.tag = tag
+        self.trees: dict[int, Tree] = {}
+        self.configs: dict[int, dict] = {}
+        self.labels: dict[str, str] = {}
+        self.oci_config: dict | None = None
+        self.warned: set[str] = set()
+        self.images: dict[str, str] = {}
+
+    def warn_once(self, text: str) -> None:
+        if text not in self.warned:
+            self.warned.add(text)
+            sys.stderr.write(f"yurt: warning: {text}\n")
+
+    def needed(self, target: int) -> list[int]:
+        """The stages ``target`` depends on (its bases and COPY --from stages), and itself, in order."""
+        want: set[int] = set()
+        todo = [target]
+        while todo:
+            i = todo.pop()
+            if i in want:
+                continue
+            want.add(i)
+            stage = self.stages[i]
+            if stage.base_stage is not None:
+                todo.append(stage.base_stage)
+            todo += [ins.from_stage for ins in stage.instructions if ins.from_stage is not None]
+        return sorted(want)
+
+    def run(self, target: int) -> Tree:
+        order = self.needed(target)
+        for n, i in enumerate(order):
+            stage = self.stages[i]
+            name = f" ({stage.name})" if stage.name else ""
+            label = f"stage {n + 1}/{len(order)}{name}: " if len(order) > 1 else ""
+            self.stage(stage, Tree(self, os.path.join(self.work, f"stage-{i}"), label), last=i == target)
+        return self.trees[target]
+
+    def _definition(self, base: str, line: int):
+        from yurt.build.deffile import Definition
+
+        if base.lower() == "scratch":
+            return Definition(header={"bootstrap": "scratch"}, bootstrap="scratch", filename=self.filename, line=line)
+        return Definition(header={"bootstrap": "docker", "from": base}, bootstrap="docker", source=base,
+                          filename=self.filename, line=line)
+
+    def stage(self, stage, tree: Tree, *, last: bool) -> None:
+        if stage.platform and stage.platform.replace("linux/", "") not in (df._host_platform().replace("linux/", ""),):
+            self.warn_once(f"{self.filename}:{stage.line}: FROM --platform={stage.platform}: building for the "
+                           f"host's platform ({df._host_platform()})")
+        if stage.base_stage is not None:
+            base_tree = self.trees[stage.base_stage]
+            base_config = self.configs[stage.base_stage]
+            if self.cache is None:  # no layers to restore from: copy the tree
+                base_tree.materialize()
+                from yurt.build.agents import copy_tree
+
+                self.runner.call(copy_tree, ["cp", "-a", "--", base_tree.path, tree.path], "copying a stage")
+                tree.current = True
+            tree.key = base_tree.key
+        else:
+            d = self._definition(stage.base, stage.line)
+            identity = agents.identity(d, self.context, self.pull_options, self.runner.mode)
+
+            def do_from() -> dict:
+                boot = agents.bootstrap(d, tree.path, self.runner, recipe_dir=self.context,
+                                        pull_options=self.pull_options)
+                return {"config": boot.oci_config or {}}
+
+            base_config = tree.step("from", {"identity": identity}, f"FROM {stage.base}", do_from).get("config") or {}
+            if base_config.get("OnBuild"):
+                self.warn_once(f"{self.filename}:{stage.line}: the ONBUILD triggers of {stage.base} are not run")
+        for k, ins in enumerate(stage.instructions):
+            before = df.image_config(_prefix(stage, k), base_config)
+            where = f"{self.filename}:{ins.line}:"
+            if ins.cmd == "RUN":
+                self.run_step(tree, ins, before, where)
+            elif ins.cmd in ("COPY", "ADD"):
+                self.copy_step(tree, ins, before, where)
+            elif ins.cmd == "WORKDIR":
+                path = df.image_config(_prefix(stage, k + 1), base_config)["WorkingDir"]
+                tree.step("workdir", {"path": path}, f"WORKDIR {path}",
+                          lambda path=path: self.runner.call(layout.ensure_dir, tree.path, path))
+        config = df.image_config(stage, base_config)
+        self.configs[stage.index] = config
+        self.trees[stage.index] = tree
+        if last:
+            self.finish_stage(tree, config)
+
+    # -- RUN --
+
+    def run_step(self, tree: Tree, ins, config: dict, where: str) -> None:
+        argv = list(ins.json_form) if ins.json_form is not None else [*(config.get("Shell") or df.DEFAULT_SHELL),
+                                                                       ins.args]
+        env = {k: v for k, v in (ins.build_args or {}).items() if v is not None}
+        for item in config.get("Env") or []:
+            key, _, value = str(item).partition("=")
+            env[key] = value
+        workdir = config.get("WorkingDir") or "/"
+        user = config.get("User") or ""
+        if user not in ("", "root", "0", "0:0", "root:root"):
+            self.warn_once(f"{where} USER {user}: RUN steps run as the build's root (fakeroot); "
+                           "the image records User for other runtimes")
+        for flag in ins.flags:
+            self.warn_once(f"{where} RUN --{flag} is not supported: the command runs without it")
+        payload = {"argv": argv, "env": sorted(env.items()), "workdir": workdir, "mode": self.runner.mode}
+
+        def do_run() -> None:
+            self.runner.call(layout.ensure_dir, tree.path, workdir)
+            binds, extra_env = single_id_extras(self.runner, self.ctl)
+            status = run_in_container(self.runner, tree.path, argv, writable=True, fakeroot=True, binds=binds,
+                                      env=[f"{k}={v}" for k, v in env.items()] + extra_env, cwd=workdir)
+            if status != 0:
+                raise BuildError(f"{where} RUN failed with {_exit_text(status)}: {_short(ins.args)}")
+
+        tree.step("run", payload, f"RUN {_short(ins.args)}", do_run)
+
+    # -- COPY and ADD --
+
+    def copy_step(self, tree: Tree, ins, config: dict, where: str) -> None:
+        from yurt.build.cache import tree_digest
+
+        if "from" in ins.flags and ins.from_stage is None:
+            return self.copy_from_image(tree, ins, config, where)
+        sources, dest = ins.words[:-1], ins.words[-1]
+        dest_abs = df._workdir(config.get("WorkingDir") or "/", dest)
+        wild = any(df._has_magic(s) for s in sources)
+        into_dir = dest.endswith("/") or dest in (".", "./") or len(sources) > 1 or wild
+        if (len(sources) > 1 or wild) and not dest.endswith("/"):
+            raise BuildError(f"{where} {ins.cmd} with more than one source: the destination {dest} must end with /")
+        for flag in sorted(set(ins.flags) - {"from", "chown", "chmod"}):
+            self.warn_once(f"{where} {ins.cmd} --{flag} is not supported: ignored")
+        common = {"ins": [ins.cmd, ins.flags, ins.words], "dest": dest_abs, "into": into_dir, "mode": self.runner.mode}
+        if ins.from_stage is not None:
+            src_tree = self.trees[ins.from_stage]
+            payload = {**common, "stage": src_tree.key}
+
+            def do_copy_stage() -> None:
+                src_tree.materialize()
+                items = []
+                for pattern in sources:
+                    matches = glob_in_root(src_tree.path, pattern)
+                    if not matches:
+                        raise BuildError(f"{where} COPY --from={ins.flags['from']}: {pattern} not found in that stage")
+                    for match in matches:
+                        existing, missing = resolve_in_root(src_tree.path, match)
+                        if missing:
+                            raise BuildError(f"{where} COPY --from={ins.flags['from']}: {match} not found")
+                        path = host_path(src_tree.path, existing)
+                        items.append((path, os.path.isdir(path) and not os.path.islink(path)))
+                self.place(tree, items, dest_abs, into_dir, ins, where)
+
+            tree.step("copy", payload, f"{ins.cmd} --from={ins.flags['from']} {' '.join(ins.words)}", do_copy_stage)
+            return
+        for source in sources:
+            if df._URL.match(source) and (ins.cmd == "COPY" or source.startswith("git") or "git@" in source
+                                           or source.endswith(".git")):
+                raise BuildError(f"{where} {ins.cmd} {source}: " + ("COPY cannot fetch URLs; use ADD" if ins.cmd ==
+                                 "COPY" else "git sources are not supported; clone in a RUN step"))
+        found = df.copy_sources(self.context, sources, self.matcher, where=where)
+        digests = []
+        for rel in found:
+            if df._URL.match(rel):
+                digests.append([rel, self.download(rel, where)[1]])
+            elif os.path.isdir(os.path.join(self.context, rel)):
+                digests.append([rel, self.context_dir_digest(rel)])
+            else:
+                digests.append([rel, tree_digest(os.path.join(self.context, rel))])
+        payload = {**common, "sources": digests}
+
+        def do_copy() -> None:
+            staging = tempfile.mkdtemp(prefix="copy-", dir=self.ctl)
+            items = []
+            for n, rel in enumerate(found):
+                slot = os.path.join(staging, str(n))
+                os.mkdir(slot)
+                full = os.path.join(self.context, rel)
+                if df._URL.match(rel):
+                    name = rel.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "download"
+                    target = os.path.join(slot, name)
+                    shutil.copyfile(self.download(rel, where)[0], target)
+                    os.chmod(target, 0o600)
+                    items.append((target, False))
+                elif ins.cmd == "ADD" and df._ARCHIVE.search(rel) and os.path.isfile(full):
+                    extract_archive(full, slot)
+                    items.append((slot, True))
+                elif os.path.isdir(full):
+                    self.stage_context_dir(rel, slot)
+                    items.append((slot, True))
+                else:
+                    target = os.path.join(slot, os.path.basename(rel))
+                    shutil.copy2(full, target, follow_symlinks=False)
+                    items.append((target, False))
+            try:
+                self.place(tree, items, dest_abs, into_dir, ins, where)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+        tree.step("copy", payload, f"{ins.cmd} {' '.join(ins.words)}", do_copy)
+
+    def copy_from_image(self, tree: Tree, ins, config: dict, where: str) -> None:
+        """``COPY --from=IMAGE``: the image is pulled and unpacked once per build, then copied from like a stage."""
+        ref = ins.flags["from"]
+        d = self._definition(ref, ins.line)
+        identity = agents.identity(d, self.context, self.pull_options, self.runner.mode)
+        if ref not in self.images:
+            path = os.path.join(self.work, f"image-{len(self.images)}")
+            agents.bootstrap(d, path, self.runner, recipe_dir=self.context, pull_options=self.pull_options)
+            self.images[ref] = path
+        image_tree = Tree(self, self.images[ref], "")
+        image_tree.current = True
+        image_tree.key = identity.get("digest") or ref
+        index = len(self.stages) + len(self.images)
+        self.trees[index] = image_tree
+        ins = copy.copy(ins)
+        ins.from_stage = index
+        self.copy_step(tree, ins, config, where)
+
+    def place(self, tree: Tree, items: list[tuple[str, bool]], dest: str, into_dir: bool, ins, where: str) -> None:
+        owner: tuple[int, int] | None = (0, 0)
+        if "chown" in ins.flags:
+            owner = _lookup_ids(tree.path, ins.flags["chown"], where)
+        chmod = _parse_chmod(ins.flags["chmod"], where) if "chmod" in ins.flags else None
+        if self.runner.mode == SINGLE:
+            owner = None  # one id: chown is impossible, and every file is packed as root's anyway
+        self.runner.call(place, items, tree.path, dest, into_dir, owner, chmod)
+
+    def stage_context_dir(self, rel: str, slot: str) -> None:
+        """A context directory's content, minus what .dockerignore excludes, into ``slot``."""
+        top = df._clean(rel).lstrip("/") or "."
+        prefix = "" if top == "." else top + "/"
+        for path in self.matcher.walk(self.context, top):
+            full = os.path.join(self.context, path)
+            target = os.path.join(slot, path[len(prefix):])
+            if os.path.isdir(full) and not os.path.islink(full):
+                os.makedirs(target, exist_ok=True)
+                shutil.copystat(full, target)
+            else:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                if os.path.islink(full):
+                    os.symlink(os.readlink(full), target)
+                else:
+                    shutil.copy2(full, target)
+
+    def context_dir_digest(self, rel: str) -> str:
+        import hashlib
+
+        from yurt.build.cache import tree_digest
+
+        h = hashlib.sha256()
+        top = df._clean(rel).lstrip("/") or "."
+        for path in self.matcher.walk(self.context, top):
+            full = os.path.join(self.context, path)
+            if os.path.isdir(full) and not os.path.islink(full):
+                h.update(f"D {path} {os.stat(full).st_mode & 0o7777:o}\0".encode())
+            else:
+                h.update(f"{path} {tree_digest(full)}\0".encode())
+        return "sha256:" + h.hexdigest()
+
+    def download(self, url: str, where: str) -> tuple[str, str]:
+        """ADD URL: fetched once per build into the private directory; ``(path, digest)``."""
+        import hashlib
+
+        cached = getattr(self, "_downloads", None)
+        if cached is None:
+            cached = self._downloads = {}
+        if url in cached:
+            return cached[url]
+        import httpx
+
+        path = os.path.join(self.ctl, f"download-{len(cached)}")
+        h = hashlib.sha256()
+        try:
+            with httpx.stream("GET", url, follow_redirects=True, timeout=60) as r:
+                if r.status_code != 200:
+                    raise BuildError(f"{where} ADD {url}: the server answered {r.status_code}")
+                with open(path, "wb") as f:
+                    for chunk in r.iter_bytes():
+                        h.update(chunk)
+                        f.write(chunk)
+        except httpx.HTTPError as e:
+            raise BuildError(f"{where} ADD {url}: cannot download it: {e}")
+        cached[url] = (path, "sha256:" + h.hexdigest())
+        return cached[url]
+
+    # -- the end --
+
+    def finish_stage(self, tree: Tree, config: dict) -> None:
+        """The Apptainer layout and labels, written as the last step of the target stage."""
+        from yurt import __version__
+        from yurt.build import cache
+
+        labels = {str(k): str(v) for k, v in (config.get("Labels") or {}).items()}
+        if self.tag:
+            labels["org.opencontainers.image.ref.name"] = self.tag
+        self.oci_config = config
+        payload = {"config": config, "labels": labels, "version": __version__,
+                   "dockerfile": cache.step_key(None, "text", self.text), "epoch": os.environ.get("SOURCE_DATE_EPOCH")}
+
+        def do_metadata() -> dict:
+            import json
+
+            all_labels = {**layout.inherited_labels(tree.path),
+                          **layout.build_labels("docker", None, help_text=False, version=__version__), **labels}
+            all_labels.pop("org.label-schema.usage.singularity.deffile.bootstrap", None)
+            all_labels["org.label-schema.usage.yurt.dockerfile"] = os.path.basename(self.filename)
+
+            def write(root: str) -> None:
+                layout.prepare_base(root, oci_config=config, oci_image=True)
+                layout.write_file(root, f"{layout.META}/labels.json", json.dumps(all_labels, indent=4,
+                                                                                sort_keys=True) + "\n", 0o644)
+                layout.write_file(root, f"{layout.META}/Dockerfile", self.text, 0o644)
+
+            self.runner.call(write, tree.path)
+            return {"labels": all_labels}
+
+        self.labels = tree.step("metadata", payload, "image config and metadata", do_metadata).get("labels") or {}
+
+
+def _prefix(stage, count: int):
+    return df.Stage(index=stage.index, name=stage.name, base=stage.base, platform=stage.platform,
+                    instructions=stage.instructions[:count], line=stage.line, base_stage=stage.base_stage)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _base_env_lookup(context: str, pull_options):
+    """For the parser: the Env of a base image (pulled into the cache), so ``$PATH`` and friends substitute."""
+    def lookup(image: str, platform: str | None) -> list[str] | None:
+        from yurt.build.deffile import Definition
+
+        d = Definition(header={"bootstrap": "docker", "from": image}, bootstrap="docker", source=image)
+        try:
+            result, _ = agents._pull(d, context, pull_options)
+        except YurtError:
+            return None  # the FROM step reports it, with its line
+        from yurt.image.source import open_image
+
+        try:
+            config = open_image(str(result.sif)).oci_config() or {}
+        except YurtError:
+            return None
+        return list(config.get("Env") or []) or None
+
+    return lookup
+
+
+def build(dockerfile: str, context: str, out: str, *, sandbox: bool = False, build_args: dict[str, str] | None = None,
+          target: str | None = None, tag: str | None = None, compression: str = "gzip",
+          mksquashfs_args: list[str] | tuple[str, ...] = (), force: bool = False, pull_options=None,
+          no_cache: bool = False) -> None:
+    """Build ``dockerfile`` with the build context ``context`` into ``out`` (a SIF, or a sandbox directory)."""
+    if not os.path.isdir(context):
+        raise BuildError(f"the build context {context} is not a directory")
+    try:
+        with open(dockerfile, "rb") as f:
+            raw = f.read(16 << 20)
+    except OSError as e:
+        raise BuildError(f"cannot read {dockerfile}: {e.strerror}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BuildError(f"{dockerfile}: the Dockerfile is not UTF-8 text")
+    check_output(out, sandbox=sandbox, force=force, compression=compression)
+    context = os.path.abspath(context)
+    agents._PULLED.clear()
+    stages = df.parse(text, filename=dockerfile, build_args=build_args or {},
+                      base_env=_base_env_lookup(context, pull_options))
+    if not stages:
+        raise BuildError(f"{dockerfile}: no FROM instruction: nothing to build")
+    index = len(stages) - 1
+    if target:
+        names = {s.name: s.index for s in stages if s.name}
+        if target.lower() not in names:
+            raise BuildError(f"--target {target}: no stage of {dockerfile} is named so",
+                             "stages: " + (", ".join(sorted(names)) or "none is named"))
+        index = names[target.lower()]
+    matcher = df.load_dockerignore(context, os.path.abspath(dockerfile))
+
+    def make(runner: Runner, work: str, ctl: str) -> None:
+        b = _DockerBuild(stages, text, dockerfile, context, runner, work, ctl, pull_options=pull_options,
+                         build_cache=open_cache(no_cache), matcher=matcher, tag=tag)
+        last = b.run(index)
+        finish(b, last, out, sandbox=sandbox, compression=compression, mksquashfs_args=mksquashfs_args, deffile=None)
+
+    _say(f"building {dockerfile} (context {context})")
+    in_workspace(out, make)
