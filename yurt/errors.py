@@ -48,3 +48,11 @@ class PayloadNotExecutable(YurtError):
 
 class BuildError(YurtError):
     """An image build failed."""
+
+
+class ConfigError(YurtError):
+    """A configuration file (``/etc/yurt/yurt.toml``, ``~/.config/yurt/config.toml``) is unreadable or wrong."""
+
+
+class PolicyError(YurtError):
+    """The site's policy (``/etc/yurt/yurt.toml``) forbids what was asked."""
