@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,37 @@ def test_dockerfile_errors_are_one_clear_line(yurt_cmd, tmp_path, env, context, 
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "img.sif").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".yurt-build-")]
+
+
+def test_definition_file_docker_bootstrap_from_a_registry(yurt_cmd, tmp_path, env, base):
+    recipe = tmp_path / "img.def"
+    recipe.write_text(f"Bootstrap: docker\nFrom: {base}\n\n%post\n    echo built > /built.txt\n\n"
+                      "%runscript\n    cat /built.txt\n")
+    ok(yurt_cmd("build", tmp_path / "img.sif", recipe, env=env, timeout=300))
+    assert ok(yurt_cmd("run", tmp_path / "img.sif", env=env)).stdout == "built\n"
+    labels = ok(yurt_cmd("inspect", "--labels", tmp_path / "img.sif", env=env)).stdout
+    assert f"deffile.from: {base}" in labels or base in labels
+
+
+@pytest.mark.parametrize("kind", ["deffile", "dockerfile"])
+def test_builds_are_reproducible_with_source_date_epoch(yurt_cmd, tmp_path, context, base, registry_http, kind):
+    """Two uncached builds of the same pinned inputs: the same SIF bytes (times clamped, files sorted)."""
+    if kind == "deffile":
+        recipe = tmp_path / "img.def"
+        recipe.write_text(f"Bootstrap: docker\nFrom: {base}\n\n%files\n    {context}/app /opt/app\n\n"
+                          "%post\n    mkdir -p /var/x && echo x > /var/x/y\n\n"
+                          "%labels\n    Version 1\n")
+    else:
+        recipe = context / "Dockerfile"
+        recipe.write_text(f"FROM {base}\nCOPY app/ /opt/app/\nRUN mkdir -p /var/x && echo x > /var/x/y\n"
+                          "LABEL version=1\nCMD [\"/bin/true\"]\n")
+    digests = []
+    for n in range(2):
+        env = {"YURT_CACHEDIR": str(tmp_path / f"cache{n}"), "YURT_INSECURE_REGISTRIES": registry_http.host,
+               "SOURCE_DATE_EPOCH": "1700000000"}
+        out = tmp_path / f"out{n}.sif"
+        ok(yurt_cmd("build", "--no-cache", out, recipe, env=env, timeout=300))
+        digests.append(ok(yurt_cmd("inspect", "--digest", out, env=env)).stdout.strip())
+        os.utime(context / "app" / "main.sh", (1, 1 + n))  # a different mtime on the host must not matter
+        time.sleep(1.1)  # every file the build writes gets another mtime
+    assert digests[0] == digests[1]
