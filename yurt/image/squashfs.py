@@ -37,7 +37,21 @@ def _tool(name: str) -> str:
 
 
 def default_processors() -> int:
-    """CPUs this job may use: the affinity mask, capped by Slurm's per-node allocation."""
+    """Threads for mksquashfs/tar2sqfs: the CPUs this job may use (the affinity mask, capped by
+    Slurm's per-node allocation), capped by the site's ``squashfs_threads`` (:mod:`yurt.config`)."""
+    return thread_count(None)
+
+
+def thread_count(requested: int | None) -> int:
+    """``requested`` threads (None: every CPU this job may use), within the ``squashfs_threads`` limit."""
+    from yurt.config import load
+
+    n = _job_cpus() if requested is None else int(requested)
+    return load().thread_limit(n) if n >= 1 else n
+
+
+def _job_cpus() -> int:
+    """The CPUs this job may use: the affinity mask, capped by Slurm's allocation and the cgroup's CPU quota."""
     try:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -45,7 +59,62 @@ def default_processors() -> int:
     slurm = os.environ.get("SLURM_CPUS_ON_NODE", "")
     if slurm.isdigit() and 0 < int(slurm) < n:
         n = int(slurm)
+    quota = cgroup_cpu_quota()
+    if quota is not None and quota < n:
+        n = quota
     return max(n, 1)
+
+
+def cgroup_cpu_quota(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int | None:
+    """Whole CPUs allowed by the CFS quota of our cgroup or an ancestor (v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us``/``cpu.cfs_period_us``), rounded up; None when there is no quota."""
+    try:
+        with open(proc_cgroup, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    best: int | None = None
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        names = controllers.split(",") if controllers else []
+        if controllers == "" and line.startswith("0::"):
+            unified = os.path.exists(os.path.join(root, "cgroup.controllers"))
+            bases = [root if unified else os.path.join(root, "unified")]
+            v2 = True
+        elif "cpu" in names:
+            bases = [os.path.join(root, controllers), os.path.join(root, "cpu")]
+            v2 = False
+        else:
+            continue
+        for base in bases:
+            if not os.path.isdir(base):
+                continue
+            parts = [p for p in path.split("/") if p]
+            for depth in range(len(parts), -1, -1):
+                directory = os.path.join(base, *parts[:depth])
+                quota = _read_quota(directory, v2)
+                if quota is not None and (best is None or quota < best):
+                    best = quota
+            break
+    return best
+
+
+def _read_quota(directory: str, v2: bool) -> int | None:
+    try:
+        if v2:
+            with open(os.path.join(directory, "cpu.max"), encoding="utf-8") as f:
+                quota_text, _, period_text = f.read().strip().partition(" ")
+        else:
+            with open(os.path.join(directory, "cpu.cfs_quota_us"), encoding="utf-8") as f:
+                quota_text = f.read().strip()
+            with open(os.path.join(directory, "cpu.cfs_period_us"), encoding="utf-8") as f:
+                period_text = f.read().strip()
+        quota, period = int(quota_text), int(period_text)
+    except (OSError, ValueError):
+        return None
+    if quota <= 0 or period <= 0:
+        return None
+    return max(1, -(-quota // period))
 
 
 def _last_line(text: str) -> str:
@@ -76,7 +145,7 @@ def mksquashfs(
     src_dir, out_path = os.fspath(src_dir), os.fspath(out_path)
     if not os.path.isdir(src_dir):
         raise ImageError(f"cannot squash {src_dir}: not a directory")
-    nproc = default_processors() if processors is None else int(processors)
+    nproc = thread_count(processors)
     if nproc < 1:
         raise ImageError(f"mksquashfs needs at least one processor, got {nproc}")
     cmd = [
