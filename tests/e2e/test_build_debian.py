@@ -158,3 +158,50 @@ def test_debootstrap_needs_root(test_user, user_workdir, debian_mirror):
     assert r.returncode == 255
     assert "Bootstrap: debootstrap needs root (use a docker/localimage bootstrap, or build as root)" in r.stderr
     assert not (workdir / "x.sif").exists()
+
+
+MULTISTAGE = """\
+FROM {debian} AS build
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null
+WORKDIR /src
+COPY hello.c .
+RUN gcc -O2 -static -o /usr/local/bin/hello hello.c
+
+FROM {small}
+COPY --from=build /usr/local/bin/hello /usr/local/bin/hello
+ENTRYPOINT ["/usr/local/bin/hello"]
+CMD ["world"]
+"""
+
+HELLO_C = '#include <stdio.h>\nint main(int c, char **v) { printf("hello, %s\\n", c > 1 ? v[1] : "?"); return 0; }\n'
+
+
+def test_rootless_dockerfile_multistage_compiles_c_and_ships_a_small_image(
+        debian_rootfs, busybox_rootfs, registry_http, yurt_cmd, test_user, user_workdir):
+    """Stage 1 compiles with gcc from apt (as the unprivileged user); stage 2 is busybox plus the binary."""
+    debian = f"{registry_http.host}/e2e/debian:bookworm"
+    small = f"{registry_http.host}/e2e/busybox:1"
+    for src, ref in ((debian_rootfs, debian), (busybox_rootfs, small)):
+        r = yurt_cmd("push", "--insecure", src, f"docker://{ref}", timeout=600)
+        assert r.returncode == 0, r.stderr
+    ctx = user_workdir / "ctx"
+    ctx.mkdir()
+    (ctx / "hello.c").write_text(HELLO_C)
+    (ctx / "Dockerfile").write_text(MULTISTAGE.format(debian=debian, small=small))
+    subprocess.run(["chown", "-R", f"{test_user.pw.pw_uid}:{test_user.pw.pw_gid}", str(ctx)], check=True)
+    env = {"YURT_INSECURE_REGISTRIES": registry_http.host, "YURT_CACHEDIR": str(user_workdir / "cache")}
+    out = user_workdir / "hello.sif"
+    t0 = time.monotonic()
+    r = test_user.yurt("build", out, ctx / "Dockerfile", env=env, timeout=900)
+    cold = time.monotonic() - t0
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert test_user.yurt("run", out, env=env).stdout == "hello, world\n"
+    assert test_user.yurt("run", out, "yurt", env=env).stdout == "hello, yurt\n"
+    assert out.stat().st_size < 8 << 20, "the final stage should hold busybox and one binary, not gcc"
+    owners = _listing(out)
+    assert owners["/usr/local/bin/hello"] == "0/0" and "/usr/bin/gcc" not in owners
+    t0 = time.monotonic()
+    r = test_user.yurt("build", "-F", out, ctx / "Dockerfile", env=env, timeout=900)
+    warm = time.monotonic() - t0
+    assert r.returncode == 0 and "the SIF is cached" in r.stderr, r.stderr
+    print(f"Dockerfile multi-stage build: cold {cold:.1f} s, warm {warm:.2f} s")
