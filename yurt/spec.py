@@ -75,6 +75,78 @@ class Process(Record):
     fallback_cwd: str | None
 
 
+class Hook(Record):
+    """One OCI hook (``config.json`` ``hooks.<stage>[]``): run ``path`` with ``args``, exactly ``env``.
+
+    ``timeout`` is in seconds (None: wait for it).  See :mod:`yurt.runtime.hooks`
+    for when each stage runs.
+    """
+
+    __slots__ = ("path", "args", "env", "timeout")
+    _defaults = {"args": list, "env": list, "timeout": None}
+    path: str
+    args: list[str]
+    env: list[str]
+    timeout: int | None
+
+    def to_oci(self) -> dict:
+        doc: dict = {"path": self.path}
+        if self.args:
+            doc["args"] = list(self.args)
+        if self.env:
+            doc["env"] = list(self.env)
+        if self.timeout:
+            doc["timeout"] = self.timeout
+        return doc
+
+    @classmethod
+    def from_oci(cls, doc: dict) -> Hook:
+        timeout = doc.get("timeout")
+        return cls(path=str(doc["path"]), args=[str(a) for a in doc.get("args") or []],
+                   env=[str(e) for e in doc.get("env") or []], timeout=int(timeout) if timeout else None)
+
+
+class Resources(Record):
+    """cgroup limits (OCI ``linux.resources``): ``memory`` in bytes (swap included), ``cpus`` as a
+    fraction of CPUs (a CFS quota over a 100 ms period), ``pids`` (tasks), ``cpuset`` (``0-3,6``).
+    ``None`` leaves a resource unlimited.  Applied by :mod:`yurt.runtime.cgroups`."""
+
+    __slots__ = ("memory", "cpus", "pids", "cpuset")
+    _defaults = {"memory": None, "cpus": None, "pids": None, "cpuset": None}
+    memory: int | None
+    cpus: float | None
+    pids: int | None
+    cpuset: str | None
+
+    CPU_PERIOD = 100_000
+
+    def any(self) -> bool:
+        return any(v is not None for v in (self.memory, self.cpus, self.pids, self.cpuset))
+
+    def to_oci(self) -> dict:
+        doc: dict = {}
+        if self.memory is not None:
+            doc["memory"] = {"limit": self.memory, "swap": self.memory}
+        if self.cpus is not None or self.cpuset is not None:
+            cpu: dict = {}
+            if self.cpus is not None:
+                cpu.update(quota=int(self.cpus * self.CPU_PERIOD), period=self.CPU_PERIOD)
+            if self.cpuset is not None:
+                cpu["cpus"] = self.cpuset
+            doc["cpu"] = cpu
+        if self.pids is not None:
+            doc["pids"] = {"limit": self.pids}
+        return doc
+
+    @classmethod
+    def from_oci(cls, doc: dict) -> Resources | None:
+        mem, cpu, pids = doc.get("memory") or {}, doc.get("cpu") or {}, doc.get("pids") or {}
+        quota, period = cpu.get("quota"), cpu.get("period") or cls.CPU_PERIOD
+        res = cls(memory=mem.get("limit"), cpus=None if quota is None or quota < 0 else quota / period,
+                  pids=pids.get("limit"), cpuset=cpu.get("cpus"))
+        return res if res.any() else None
+
+
 class YurtExtras(Record):
     """What yurt needs beyond the OCI fields.
 
@@ -83,13 +155,16 @@ class YurtExtras(Record):
     ``inject_env`` then sets variables that must win over those scripts
     (``--env``, ``YURTENV_*``).  ``writable_tmpfs_size_mb`` > 0 asks for a
     tmpfs upper layer; ``overlays`` are ``--overlay`` directories.
+    ``allow_no_limits``: resource limits that cannot be applied are a warning, not an error.
     """
 
     __slots__ = ("env_scripts", "inject_env", "env_script_text", "writable_tmpfs", "session_size_mb",
-                 "overlays", "init", "fakeroot_multi", "fake_ownership", "app", "debug")
+                 "overlays", "init", "fakeroot_multi", "fake_ownership", "app", "debug",
+                 "allow_no_limits")
     _defaults = {"env_scripts": False, "inject_env": dict, "env_script_text": "", "writable_tmpfs": False,
                  "session_size_mb": 64, "overlays": list, "init": True, "fakeroot_multi": False,
-                 "fake_ownership": False, "app": None, "debug": False}
+                 "fake_ownership": False, "app": None, "debug": False,
+                 "allow_no_limits": False}
     env_scripts: bool
     inject_env: dict[str, str]
     env_script_text: str
@@ -101,14 +176,15 @@ class YurtExtras(Record):
     fake_ownership: bool  # seccomp: chown/mknod/set*id succeed as no-ops (single-id builds)
     app: str | None  # SCIF app whose environment is sourced too
     debug: bool
+    allow_no_limits: bool
 
 
 class ContainerSpec(Record):
     __slots__ = ("process", "namespaces", "uid_mappings", "gid_mappings", "mounts", "hostname",
-                 "root_readonly", "annotations", "extras")
+                 "root_readonly", "annotations", "extras", "hooks", "resources")
     _defaults = {"namespaces": lambda: [NS_USER, NS_MOUNT], "uid_mappings": list, "gid_mappings": list,
                  "mounts": list, "hostname": None, "root_readonly": True, "annotations": dict,
-                 "extras": YurtExtras}
+                 "extras": YurtExtras, "hooks": dict, "resources": None}
     process: Process
     namespaces: list[str]
     uid_mappings: list[IDMapping]
@@ -118,6 +194,8 @@ class ContainerSpec(Record):
     root_readonly: bool
     annotations: dict[str, str]
     extras: YurtExtras
+    hooks: dict[str, list[Hook]]  # OCI stage name -> hooks, in order (yurt.runtime.hooks.STAGES)
+    resources: Resources | None  # cgroup limits (linux.resources)
 
     def has(self, namespace: str) -> bool:
         return namespace in self.namespaces
@@ -153,6 +231,11 @@ class ContainerSpec(Record):
         }
         if self.hostname:
             doc["hostname"] = self.hostname
+        hooks = {stage: [h.to_oci() for h in hs] for stage, hs in self.hooks.items() if hs}
+        if hooks:
+            doc["hooks"] = hooks
+        if self.resources is not None and self.resources.any():
+            doc["linux"]["resources"] = self.resources.to_oci()
         return doc
 
     @classmethod
@@ -190,6 +273,8 @@ class ContainerSpec(Record):
             hostname=doc.get("hostname"),
             root_readonly=bool(doc.get("root", {}).get("readonly", True)),
             annotations=dict(doc.get("annotations", {})),
+            hooks={stage: [Hook.from_oci(h) for h in hs] for stage, hs in (doc.get("hooks") or {}).items() if hs},
+            resources=Resources.from_oci(linux.get("resources") or {}),
         )
 
 

@@ -315,3 +315,20 @@ def test_push_zstd_layer(yurt_cmd, registry_http, busybox_sif, skopeo_inspect, c
     _skopeo_copy(ref, layout, tmp_path)
     env = {**cache_env, "YURT_INSECURE_REGISTRIES": registry_http.host}
     assert ok(yurt_cmd("exec", f"docker://{ref}", "echo", "zstd", env=env)) == "zstd\n"
+
+
+@pytest.mark.skipif(os.path.lexists("/etc/yurt/yurt.toml"), reason="a real site file is installed")
+def test_site_allowed_registries_admit_and_refuse(yurt_cmd, pushed_busybox, cache_env, tmp_path):
+    """allowed_registries (yurt.config) lets the listed repository through, even where images named by
+    path are restricted, and refuses another before contacting it."""
+    host = pushed_busybox.split("/")[0]
+    site = tmp_path / "site.toml"
+    site.write_text(f'allowed_registries = ["{host}/test"]\nallowed_image_paths = ["{tmp_path}/none"]\n')
+    env = {**cache_env, "YURT_INSECURE_REGISTRIES": host, "YURT_SITE_CONFIG": str(site)}
+    assert ok(yurt_cmd("exec", f"docker://{pushed_busybox}", "echo", "allowed", env=env)) == "allowed\n"
+    sif = next((Path(cache_env["YURT_CACHEDIR"]) / "sif").glob("*.sif"))
+    r = yurt_cmd("exec", sif, "true", env=env)  # the same image named by path: the path rules apply
+    assert r.returncode == 255 and "not in a location the site allows" in r.stderr
+    site.write_text(f'allowed_registries = ["{host}/other"]\n')
+    r = yurt_cmd("pull", "--force", str(tmp_path / "x.sif"), f"docker://{pushed_busybox}", env=env)
+    assert r.returncode == 255 and "is not allowed by the site" in r.stderr

@@ -627,7 +627,7 @@ def run_in_container(runner: Runner, sandbox: str, args: list[str], *, writable:
     req = ActionRequest(action="exec", image=Image(path=sandbox, kind="sandbox"), args=args, writable=writable,
                         fakeroot=fakeroot and runner.mode != ROOT, ignore_subuid=runner.mode == SINGLE,
                         fake_ownership=fakeroot and runner.mode == SINGLE, cleanenv=True, no_home=True, pwd=cwd,
-                        binds=binds, env=env)
+                        binds=binds, env=env, site=False)  # as Apptainer: build steps ignore the site's binds
     spec = plan_container(req)
     created = []
     if writable:

@@ -16,11 +16,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("yurt.cli.actions", "Run the image's runscript (or Entrypoint + Cmd)"),
     "shell": ("yurt.cli.actions", "Start an interactive shell inside a container"),
     "test": ("yurt.cli.actions", "Run the image's test script (%test)"),
+    "instance": ("yurt.cli.instance", "Start, list or stop named background containers (instances)"),
+    "srun": ("yurt.cli.srun", "Run each task of a Slurm job step in a container (srun + yurt exec)"),
     "build": ("yurt.cli.build", "Build a SIF or sandbox image from a definition file or a directory"),
     "pull": ("yurt.cli.pull", "Pull an image from a registry or OCI layout into a SIF"),
     "push": ("yurt.cli.push", "Push a SIF or directory to a registry (oras:// or docker://)"),
     "registry": ("yurt.cli.registry", "Log in to, log out of, or list OCI registries"),
     "cache": ("yurt.cli.cache", "List or clean the image caches"),
+    "config": ("yurt.cli.config", "Show the effective configuration and where each value came from"),
     "convert": ("yurt.cli.convert", "Convert a Dockerfile to a definition file or back"),
     "inspect": ("yurt.cli.inspect", "Show an image's metadata"),
     "run-help": ("yurt.cli.inspect", "Show an image's help text"),
@@ -78,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(command, rest, ctx) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `yurt inspect IMG | head`: the reader is gone, as with any Unix tool
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 141
     except BaseException as e:  # noqa: BLE001 - the one place that turns errors into exit codes
         if isinstance(e, SystemExit):
             raise

@@ -12,7 +12,8 @@ FLAGS = [
     Flag("home", "value", "H", "home directory to bind: src[:dst]", "SPEC"),
     Flag("no-home", help="do not bind the home directory"),
     Flag("pwd", "value", None, "initial working directory inside the container", "DIR", aliases=("cwd",)),
-    Flag("contain", short="c", help="minimal /dev and empty /tmp, /var/tmp and home"),
+    Flag("contain", short="c", help="minimal /dev and empty /tmp, /var/tmp and home (--contain=false: not even "
+         "when the config says contain = true)", unset_none=True),
     Flag("containall", short="C", help="--contain plus --pid, --ipc and --cleanenv"),
     Flag("pid", short="p", help="new PID namespace (payload runs under a tiny init)"),
     Flag("ipc", short="i", help="new IPC namespace"),
@@ -35,6 +36,23 @@ FLAGS = [
     Flag("ignore-subuid", help="with --fakeroot, map only your own id even if /etc/subuid has a range"),
     Flag("fake-ownership", help="make chown, mknod and set*id calls succeed as no-ops (seccomp), so package "
          "managers work in a single-id --fakeroot"),
+    Flag("nv", help="bind the host's NVIDIA driver (libraries, nvidia-smi, /dev/nvidia*) into the container"),
+    Flag("rocm", help="bind the host's AMD ROCm driver (libraries, rocm-smi, /dev/kfd, /dev/dri)"),
+    Flag("device", "list", None, "add a CDI device vendor.com/class=name (repeatable)", "NAME"),
+    Flag("cdi-dirs", "list", None, "read CDI specs from these directories (default /etc/cdi,/var/run/cdi)",
+         "DIRS"),
+    Flag("hooks-dir", "list", None, "more OCI hook definitions (oci-hooks(5) JSON files; repeatable)", "DIR"),
+    Flag("mpi", "value", None, "MPI model: hybrid (default: the image's MPI, host launcher), host (bind the "
+         "host's MPI library after an ABI check), none", "MODEL"),
+    Flag("sharens", help="share one container with the other processes of this job step on this node (MPI "
+         "ranks: one user namespace per node, shared-memory single copy works)"),
+    Flag("sharens-tag", "value", None, "what --sharens groups by (default SLURM_JOB_ID.SLURM_STEP_ID, or the "
+         "PMIx namespace)", "TAG"),
+    Flag("memory", "value", None, "memory limit, swap included (512M, 2G; cgroups)", "SIZE"),
+    Flag("cpus", "value", None, "CPU time limit, in CPUs (1.5)", "N"),
+    Flag("pids-limit", "int", None, "most processes and threads at once", "N"),
+    Flag("cpuset", "value", None, "run only on these CPUs (0-3,6)", "LIST", aliases=("cpuset-cpus",)),
+    Flag("allow-no-limits", help="warn instead of failing when a limit cannot be applied"),
     Flag("help", short="h", help="show this help"),
 ]
 
@@ -53,10 +71,33 @@ def main(command: str, argv: list[str], ctx) -> int:
     values, positionals = parsed
     if not positionals:
         raise UsageError(f"{command} needs an image", f"yurt {command} {SYNOPSIS[command][0]}")
+    if positionals[0].startswith("instance://"):
+        from yurt.cli.instance import join_instance
+
+        join_instance(command, values, positionals, ctx)
+    spec, image = plan_from(command, values, positionals, ctx)
+    make_rootfs = lambda: _rootfs_for(image, values["unsquash"], ctx.debug)  # noqa: E731
+    if values["sharens"]:
+        import os
+
+        from yurt.runtime.join import default_tag, sharens_launch
+
+        if "yurt.mpi.single-copy" in spec.annotations:  # one user namespace per step: CMA works
+            from yurt.hpc.mpi import for_shared_userns
+
+            for_shared_userns(spec)
+        sharens_launch(spec, make_rootfs, values["sharens_tag"] or default_tag(os.environ))
+    from yurt.runtime.launcher import launch
+
+    launch(spec, make_rootfs())
+
+
+def plan_from(command: str, values: dict, positionals: list[str], ctx):
+    """Parsed flags and ``IMAGE ARGS...`` -> (ContainerSpec, Image), resource limits included."""
     from yurt.image.source import open_image
     from yurt.runtime.plan import ActionRequest, plan_container
 
-    image = open_image(_pulled(positionals[0], ctx))
+    image = open_image(_pulled(positionals[0], ctx))  # a registry's policy is checked by the pull
     size = values["writable_tmpfs_size"]
     req = ActionRequest(
         action=command,
@@ -88,16 +129,25 @@ def main(command: str, argv: list[str], ctx) -> int:
         fake_ownership=values["fake_ownership"],
         app=values["app"],
         debug=ctx.debug,
+        image_ref=positionals[0],
+        nv=values["nv"],
+        rocm=values["rocm"],
+        devices=[d for item in values["device"] for d in item.split(",") if d],
+        cdi_dirs=values["cdi_dirs"],
+        hooks_dirs=[d for item in values["hooks_dir"] for d in item.split(",") if d],
+        mpi=values["mpi"],
     )
     spec = plan_container(req)
+    if values["memory"] or values["cpus"] or values["pids_limit"] is not None or values["cpuset"]:
+        from yurt.runtime.cgroups import resources_from_flags
+
+        spec.resources = resources_from_flags(values["memory"], values["cpus"], values["pids_limit"], values["cpuset"])
+        spec.extras.allow_no_limits = values["allow_no_limits"]
     if ctx.debug:
         import json
 
         sys.stderr.write("yurt: debug: spec " + json.dumps(spec.to_oci(image.path), indent=1) + "\n")
-    rootfs = _rootfs_for(image, values["unsquash"], ctx.debug)
-    from yurt.runtime.launcher import launch
-
-    launch(spec, rootfs)
+    return spec, image
 
 
 def _pulled(ref: str, ctx) -> str:

@@ -19,14 +19,20 @@ FALSE = ("0", "false", "no", "off", "")
 
 
 class Flag:
-    """One option: ``kind`` is bool, value, list (repeatable) or int."""
+    """One option: ``kind`` is bool, value, list (repeatable) or int.
 
-    __slots__ = ("name", "kind", "short", "help", "metavar", "aliases", "env")
+    With ``unset_none`` the value is None when neither the flag nor its variable is given, so a
+    config file's default (:mod:`yurt.config`) can apply; ``--flag=false`` still says no.
+    """
+
+    __slots__ = ("name", "kind", "short", "help", "metavar", "aliases", "env", "unset_none")
 
     def __init__(self, name: str, kind: str = "bool", short: str | None = None, help: str = "",
-                 metavar: str = "VALUE", aliases: tuple[str, ...] = (), env: tuple[str, ...] = ()) -> None:
+                 metavar: str = "VALUE", aliases: tuple[str, ...] = (), env: tuple[str, ...] = (),
+                 unset_none: bool = False) -> None:
         self.name, self.kind, self.short, self.help = name, kind, short, help
         self.metavar, self.aliases, self.env = metavar, aliases, env
+        self.unset_none = unset_none
 
     @property
     def dest(self) -> str:
@@ -36,6 +42,8 @@ class Flag:
         return ("YURT_" + self.name.replace("-", "_").upper(), *self.env)
 
     def default(self) -> object:
+        if self.unset_none:
+            return None
         return {"bool": False, "list": [], "int": None, "value": None}[self.kind]
 
 

@@ -1417,11 +1417,11 @@ def tar_to_squashfs(
     ``merge_s`` (Python decompressing and merging), ``wait_s`` (blocked on tar2sqfs),
     ``finish_s`` (tar2sqfs after the end of input), ``total_s``, ``tar_bytes``, ``entries``.
     """
-    from yurt.image.squashfs import default_processors
+    from yurt.image.squashfs import thread_count
 
     out_path = os.fspath(out_path)
     comp_args = _compressor_args(compression, level)
-    nproc = default_processors() if processors is None else int(processors)
+    nproc = thread_count(processors)
     if nproc < 1:
         raise ImageError(f"tar2sqfs needs at least one processor, got {nproc}")
     epoch = min(max(_epoch(reproducible_epoch), 0), _MAX_MTIME)

@@ -232,8 +232,11 @@ class FuseSquashfs(Rootfs):
 # --- unpack once into a node-local cache -----------------------------------
 
 def local_cache_dir() -> str:
-    """``$YURT_LOCAL_CACHEDIR`` or ``/var/tmp/yurt-<uid>``: node-local, never $HOME (often NFS)."""
-    base = os.environ.get("YURT_LOCAL_CACHEDIR") or f"/var/tmp/yurt-{os.getuid()}"
+    """``$YURT_LOCAL_CACHEDIR``, ``local_cache_dir`` (:mod:`yurt.config`) or ``/var/tmp/yurt-<uid>``:
+    node-local, never $HOME (often NFS)."""
+    from yurt.config import load
+
+    base = load().local_cache_dir
     try:
         os.mkdir(base, 0o700)
     except FileExistsError:

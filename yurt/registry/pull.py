@@ -80,10 +80,14 @@ def _pull_local(ref_text: str, options: PullOptions, store) -> PullResult:
 
 # --- registries ---------------------------------------------------------------
 
-def _client_for(registry: str, options: PullOptions):
+def _client_for(ref, options: PullOptions):
+    """A client for ``ref``'s registry, once the site's ``allowed_registries`` admits it."""
     from yurt.registry import auth
     from yurt.registry.client import RegistryClient
+    from yurt.registry.policy import check_reference
 
+    check_reference(ref)
+    registry = ref.registry
     insecure = options.insecure or auth.is_insecure(registry)
     return RegistryClient(registry, insecure=insecure, ca_file=options.ca_file,
                           credentials=auth.credentials_for(registry))
@@ -94,7 +98,7 @@ def _pull_remote(ref_text: str, options: PullOptions, store) -> PullResult:
     from yurt.registry.reference import parse_reference
 
     ref = parse_reference(ref_text)
-    client = _client_for(ref.registry, options)
+    client = _client_for(ref, options)
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     body, media_type, digest = client.get_manifest(ref.repository, ref.ref)

@@ -72,7 +72,7 @@ def push(image: str, ref_text: str, *, insecure: bool = False, ca_file: str | No
     from yurt.registry.reference import parse_reference
 
     ref = parse_reference(ref_text)
-    client = _client_for(ref.registry, PullOptions(insecure=insecure, ca_file=ca_file))
+    client = _client_for(ref, PullOptions(insecure=insecure, ca_file=ca_file))
     counts = {"uploaded": 0, "mounted": 0, "present": 0}
     if ref.transport == "oras":
         if not os.path.isfile(image):

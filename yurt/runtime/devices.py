@@ -22,7 +22,17 @@ LINKS = {
 }
 
 
-def mount_minimal_dev(dev: str, *, ipc_namespace: bool) -> None:
+def extra_nodes(options: list[str]) -> list[tuple[str, str]]:
+    """``node=HOST:NAME`` options of a devdir mount (GPUs, CDI devices): host node -> ``/dev/NAME``."""
+    out = []
+    for o in options:
+        if o.startswith("node="):
+            host, _, name = o[5:].rpartition(":")
+            out.append((host, name))
+    return out
+
+
+def mount_minimal_dev(dev: str, *, ipc_namespace: bool, nodes: list[tuple[str, str]] = ()) -> None:
     sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC | sc.MS_STRICTATIME,
              "mode=0755,size=1m,nr_inodes=4096")
     for name in NODES:
@@ -41,6 +51,14 @@ def mount_minimal_dev(dev: str, *, ipc_namespace: bool) -> None:
     except OSError:
         # Some kernels refuse a new devpts here: fall back to the host's.
         sc.mount("/dev/pts", pts, None, sc.MS_BIND | sc.MS_REC)
+    for host, name in nodes:  # host nodes or node directories (/dev/dri), bound where asked
+        target = os.path.join(dev, name)
+        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+        if os.path.isdir(host):
+            os.makedirs(target, 0o755, exist_ok=True)
+        elif not os.path.exists(target):
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
+        sc.mount(host, target, None, sc.MS_BIND | sc.MS_REC)
     shm = os.path.join(dev, "shm")
     os.mkdir(shm, 0o1777)
     sc.mount("tmpfs", shm, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")

@@ -44,6 +44,25 @@ def launch(spec: ContainerSpec, rootfs: Rootfs) -> NoReturn:
     may be imported (and none could be planted by the image).
     """
     plan = _ExecPlan(spec)
+    if plan.hooks is not None:
+        plan.hooks.fork_runtime(rootfs)  # OCI hooks: a parent stays on the host (yurt.runtime.hooks)
+    if spec.resources is not None:
+        from yurt.runtime import cgroups
+
+        cgroups.enter(spec, rootfs)  # a supervisor stays outside; we go on inside the container's cgroup
+    create_namespaces(spec, rootfs)
+    if spec.has(NS_PID):
+        _run_with_pid_namespace(spec, rootfs, plan)
+    MountExecutor(spec, rootfs, plan.before_pivot).run()
+    exec_payload(spec, plan, None)
+
+
+def create_namespaces(spec: ContainerSpec, rootfs: Rootfs) -> None:
+    """The user namespace (and its id maps), then the others the spec asks for.
+
+    A PID namespace applies to the children made afterwards.  Also used by the long-lived
+    holders of shared containers (:mod:`yurt.runtime.join`).
+    """
     idhelper = None
     if spec.has(NS_USER) and spec.extras.fakeroot_multi:
         idhelper = idmap.NewIdMapHelper(spec.uid_mappings, spec.gid_mappings)
@@ -62,10 +81,6 @@ def launch(spec: ContainerSpec, rootfs: Rootfs) -> NoReturn:
     _unshare(flags, spec, rootfs, None)
     if spec.has(NS_NET):
         _loopback_up()
-    if spec.has(NS_PID):
-        _run_with_pid_namespace(spec, rootfs, plan)
-    MountExecutor(spec, rootfs).run()
-    exec_payload(spec, plan, None)
 
 
 def _unshare(flags: int, spec: ContainerSpec, rootfs: Rootfs, idhelper: idmap.NewIdMapHelper | None) -> None:
@@ -98,6 +113,18 @@ class _ExecPlan:
                 raise RuntimeSetupError(f"--fake-ownership is not supported on {os.uname().machine}")
         if spec.extras.debug:
             import traceback  # noqa: F401 - loaded now for error reports after the pivot
+        self.mpi_check = None  # --mpi=host: the image's MPI ABI against the host's (yurt.hpc.mpi)
+        if "yurt.mpi.host" in spec.annotations:
+            from yurt.hpc.mpi import container_check
+
+            self.mpi_check = container_check(spec.annotations["yurt.mpi.host"])
+        self.hooks = None
+        self.before_pivot = None
+        if spec.hooks:
+            from yurt.runtime.hookrun import HookRunner
+
+            self.hooks = HookRunner(spec)
+            self.before_pivot = self.hooks.before_pivot
 
 
 def _run_with_pid_namespace(spec: ContainerSpec, rootfs: Rootfs, plan: _ExecPlan) -> NoReturn:
@@ -107,16 +134,20 @@ def _run_with_pid_namespace(spec: ContainerSpec, rootfs: Rootfs, plan: _ExecPlan
     init = os.fork()
     if init:
         rootfs.abandon()  # our copies of helper fds; the init child keeps its own
+        if plan.hooks is not None:
+            plan.hooks.close_channel()
         os._exit(supervisor.supervise(init))
     # PID 1 of the new namespace.
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, 9)  # the supervisor outside is killed: so are we
-        MountExecutor(spec, rootfs).run()
+        MountExecutor(spec, rootfs, plan.before_pivot).run()
         if not spec.extras.init:
             exec_payload(spec, plan, old_mask)
         payload = os.fork()
         if payload == 0:
             exec_payload(spec, plan, old_mask)
+        if plan.hooks is not None:
+            plan.hooks.close_channel()  # the payload's execve tells the runtime side it started
         os._exit(supervisor.supervise(payload, reap_all=True))
     except YurtError as e:
         _die(e)
@@ -131,6 +162,8 @@ def exec_payload(spec: ContainerSpec, plan: _ExecPlan, old_mask: set[int] | None
         if spec.hostname and spec.has(NS_UTS):
             sc.sethostname(spec.hostname)
         _enter_cwd(proc.cwd, proc.fallback_cwd)
+        if plan.mpi_check is not None:
+            plan.mpi_check()
         args = _final_args(spec, plan)
         if old_mask is not None:  # only set under a PID namespace, where supervisor is loaded
             from yurt.runtime import supervisor
@@ -138,6 +171,8 @@ def exec_payload(spec: ContainerSpec, plan: _ExecPlan, old_mask: set[int] | None
             supervisor.restore_mask(old_mask)
         for signum in (13, 25):  # SIGPIPE, SIGXFSZ: Python ignores them, the payload must not
             sc.default_signal_action(signum)
+        if plan.hooks is not None:
+            plan.hooks.start_container()
         if proc.no_new_privileges or spec.extras.fake_ownership:
             sc.set_no_new_privs()
         if spec.extras.fake_ownership:
@@ -146,6 +181,8 @@ def exec_payload(spec: ContainerSpec, plan: _ExecPlan, old_mask: set[int] | None
             seccomp.install_fake_ownership()
         _execvpe(args, proc.env)
     except YurtError as e:
+        if plan.hooks is not None:
+            plan.hooks.exec_failed()
         _die(e)
 
 

@@ -50,8 +50,9 @@ def session_base() -> str:
 
 
 class MountExecutor:
-    def __init__(self, spec: ContainerSpec, rootfs: Rootfs) -> None:
+    def __init__(self, spec: ContainerSpec, rootfs: Rootfs, before_pivot=None) -> None:
         self.spec = spec
+        self.before_pivot = before_pivot  # OCI createRuntime/createContainer hooks (yurt.runtime.hooks)
         self.rootfs = rootfs
         self.userns = spec.has(NS_USER)
         self.debug = spec.extras.debug
@@ -77,6 +78,8 @@ class MountExecutor:
             self.make_root(image_dir)
             for m in self.spec.mounts:
                 self.do_mount(m)
+            if self.before_pivot is not None:
+                self.before_pivot()
             self.pivot()
         except EscapeError as e:
             raise RuntimeSetupError(f"container set-up failed: {e.strerror}")
@@ -221,7 +224,7 @@ class MountExecutor:
         elif m.kind == "devpts":
             sc.mount("devpts", target, "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666")
         elif m.kind == "devdir":
-            devices.mount_minimal_dev(path, ipc_namespace=self.spec.has(NS_IPC))
+            devices.mount_minimal_dev(path, ipc_namespace=self.spec.has(NS_IPC), nodes=devices.extra_nodes(m.options))
         elif m.kind in FILE_KINDS:
             self.bind_generated(self.generate(m), target, path, m)
         else:

@@ -29,6 +29,8 @@ from yurt.spec import (
 )
 
 SYSTEM_FILES = ("/etc/localtime", "/etc/hosts")
+# Set by mpirun/srun for each rank (yurt.hpc.mpi.RANK_MARKERS; repeated here to keep exec lean).
+MPI_RANK_MARKERS = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", "SLURM_STEP_ID")
 
 
 def valid_app_name(name: str) -> bool:
@@ -43,13 +45,15 @@ class ActionRequest(Record):
     __slots__ = ("action", "image", "args", "binds", "home", "no_home", "pwd", "contain", "containall", "pid",
                  "ipc", "net", "uts", "hostname", "cleanenv", "env", "env_file", "fakeroot", "writable_tmpfs",
                  "writable_tmpfs_size", "overlays", "workdir", "shell", "no_init", "ignore_subuid", "writable",
-                 "fake_ownership", "app", "debug")
+                 "fake_ownership", "app", "debug", "site", "image_ref", "nv", "rocm", "devices", "cdi_dirs",
+                 "hooks_dirs", "mpi")
     _defaults = {"args": list, "binds": list, "home": None, "no_home": False, "pwd": None, "contain": False,
                  "containall": False, "pid": False, "ipc": False, "net": False, "uts": False, "hostname": None,
                  "cleanenv": False, "env": list, "env_file": None, "fakeroot": False, "writable_tmpfs": False,
                  "writable_tmpfs_size": 64, "overlays": list, "workdir": None, "shell": None, "no_init": False,
                  "ignore_subuid": False, "writable": False, "fake_ownership": False, "app": None,
-                 "debug": False}
+                 "debug": False, "site": True, "image_ref": None, "nv": False, "rocm": False, "devices": list,
+                 "cdi_dirs": list, "hooks_dirs": list, "mpi": None}
     action: str  # exec | run | shell
     image: Image
     args: list[str]
@@ -57,7 +61,7 @@ class ActionRequest(Record):
     home: str | None
     no_home: bool
     pwd: str | None
-    contain: bool
+    contain: bool | None  # None: the config's ``contain`` default (yurt.config)
     containall: bool
     pid: bool
     ipc: bool
@@ -79,14 +83,26 @@ class ActionRequest(Record):
     fake_ownership: bool
     app: str | None
     debug: bool
+    # Apply the site and user configuration (yurt.config): site binds, denied binds, the image
+    # location/owner rules and the ``contain`` default.  Build steps turn it off, as Apptainer builds
+    # with a default configuration (--build-config): they bind only what the build itself needs.
+    site: bool
+    image_ref: str | None  # what the user named (a path, docker://..., oci-archive:...); None: image.path
+    nv: bool  # --nv: the host's NVIDIA driver (yurt.runtime.gpu)
+    rocm: bool  # --rocm
+    devices: list[str]  # --device vendor/class=name (CDI, yurt.runtime.cdi)
+    cdi_dirs: list[str]
+    hooks_dirs: list[str]  # --hooks-dir: more oci-hooks(5) definitions (yurt.runtime.hooks)
+    mpi: str | None  # --mpi: None/hybrid (the image's MPI), host (bind the host's), none (no MPI help)
 
 
 class Bind(Record):
-    __slots__ = ("source", "destination", "readonly")
-    _defaults = {"readonly": False}
+    __slots__ = ("source", "destination", "readonly", "optional")
+    _defaults = {"readonly": False, "optional": False}
     source: str
     destination: str
     readonly: bool
+    optional: bool  # skipped when the source is gone at mount time (site binds)
 
 
 def parse_binds(items: list[str]) -> list[Bind]:
@@ -135,11 +151,19 @@ def _user_info(uid: int, gid: int) -> tuple[str, str, str, str]:
     return name, gecos, shell, group
 
 
-def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None) -> ContainerSpec:
+def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None, config=None) -> ContainerSpec:
+    """``config`` is a :class:`yurt.config.Config` (default: loaded) and matters only with ``req.site``."""
     host_env = dict(os.environ) if host_env is None else host_env
     uid, gid = os.getuid(), os.getgid()
     real_root = os.geteuid() == 0
-    contain = req.contain or req.containall
+    if req.site and config is None:
+        from yurt.config import load
+
+        config = load()
+    site = config if req.site else None
+    if site is not None:
+        _check_image(req, site)
+    contain = bool(site.contain if req.contain is None and site is not None else req.contain) or req.containall
     pid_ns = req.pid or req.containall
     ipc_ns = req.ipc or req.containall
     cleanenv = req.cleanenv or req.containall
@@ -187,11 +211,15 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None) -
         if contain and not req.home:
             mounts.append(Mount(home_dst, "tmpfs", None, ["mode=0700", f"uid={inside_uid}", f"gid={inside_gid}"]))
         else:
+            if site is not None:
+                site.check_bind(home_src, "--home" if req.home else "the home directory (use --no-home or --home)")
             mounts.append(Mount(home_dst, "bind", home_src))
     # 5. /tmp and /var/tmp
     for tmp in ("/tmp", "/var/tmp"):
         if contain:
             if req.workdir:
+                if site is not None:
+                    site.check_bind(os.path.abspath(req.workdir), "--workdir")
                 src = os.path.join(os.path.abspath(req.workdir), tmp.strip("/").replace("/", "_"))
                 os.makedirs(src, exist_ok=True)
                 mounts.append(Mount(tmp, "bind", src))
@@ -207,16 +235,25 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None) -
         mounts.append(Mount("/etc/group", "group", options=ident))
     mounts.append(Mount("/etc/resolv.conf", "bind", os.path.realpath("/etc/resolv.conf"), ["ro"],
                         optional=True))
-    # 7. user binds, parents before children
-    for b in sorted(parse_binds(req.binds), key=lambda b: b.destination):
-        mounts.append(Mount(b.destination, "bind", b.source, ["ro"] if b.readonly else []))
+    # 7. site and user binds, parents before children (a user bind replaces a site bind to the same place)
+    binds = parse_binds(req.binds)
+    if site is not None:
+        for b in binds:
+            site.check_bind(b.source, "bind source")
+        for o in req.overlays:
+            site.check_bind(os.path.abspath(o[:-3] if o.endswith(":ro") else o), "--overlay")
+        binds += _site_binds(site, {b.destination for b in binds})
+    for b in sorted(binds, key=lambda b: b.destination):
+        options = ["ro"] if b.readonly else []
+        mounts.append(Mount(b.destination, "bind", b.source, options, optional=b.optional))
     # 8. the SIF's runscript object, if it has one, is what `run` runs
     runscript = req.image.objects.get("runscript")
     if runscript is not None and req.action == "run":
         mounts.append(Mount("/.singularity.d/runscript", "file", content=runscript, options=["exec"]))
     # 9. the working directory, where it is not visible already
     host_cwd = _host_cwd()
-    if host_cwd and not contain and not req.pwd and binds_cwd(host_cwd):
+    if host_cwd and not contain and not req.pwd and binds_cwd(host_cwd) and (
+            site is None or site.denied_bind(host_cwd) is None):
         mounts.append(Mount(host_cwd, "bind", host_cwd, ["if-not-visible"], optional=True))
     image_env, fallback, workdir = _image_config(req)
     cwd = req.pwd or (workdir if req.action == "run" and workdir else None) or (
@@ -251,7 +288,7 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None) -
         import json
 
         annotations["yurt.run.fallback"] = json.dumps(fallback)
-    return ContainerSpec(
+    spec = ContainerSpec(
         process=Process(args=args, env=env, cwd=cwd, uid=inside_uid, gid=inside_gid, fallback_cwd=home_dst),
         namespaces=namespaces,
         uid_mappings=uid_maps,
@@ -274,6 +311,16 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None) -
             debug=req.debug,
         ),
     )
+    if req.mpi not in (None, "", "hybrid", "host", "none"):
+        raise UsageError(f"--mpi={req.mpi}: unknown MPI model", "use hybrid (the default), host or none")
+    if req.mpi == "host" or (req.mpi != "none" and any(k in host_env for k in MPI_RANK_MARKERS)):
+        from yurt.hpc import mpi  # PMIx directories, Open MPI shared memory, --mpi=host binds
+
+        mpi.plan_edits(spec, host_env, host=req.mpi == "host")
+    from yurt.runtime.hooks import integrate  # GPUs, CDI devices, network, OCI hooks
+
+    return integrate(spec, nv=req.nv, rocm=req.rocm, devices=req.devices, cdi_dirs=req.cdi_dirs,
+                     hooks_dirs=req.hooks_dirs, has_bind_mounts=bool(req.binds), env=host_env)
 
 
 # The host's own system trees are never bound over the image's as "the working directory":
@@ -288,6 +335,33 @@ def binds_cwd(cwd: str) -> bool:
     if cwd == "/":
         return False
     return not any(cwd == p or cwd.startswith(p + "/") for p in SYSTEM_PATHS)
+
+
+def _site_binds(site, taken: set[str]) -> list[Bind]:
+    """The config's ``site_binds`` whose source exists here, except where a user bind goes."""
+    from yurt.config import parse_bind
+
+    out = []
+    for spec in site.site_binds:
+        src, dst, ro = parse_bind(spec)
+        if dst not in taken and os.path.exists(src):
+            out.append(Bind(src, dst, ro, optional=True))
+    return out
+
+
+def _check_image(req: ActionRequest, site) -> None:
+    """The site's image location/owner rules, on what the user named (a registry image is checked by the
+    registry policy when it is pulled; an ``oci:``/archive source by its path)."""
+    if site.allowed_image_paths is None and site.allowed_image_owners is None:
+        return
+    ref = req.image_ref or req.image.path
+    if ref.startswith(("docker://", "oras://")):
+        return
+    if ref.startswith(("oci:", "oci-archive:", "docker-archive:")):
+        from yurt.image.oci_local import parse_source
+
+        ref = parse_source(ref)[1]
+    site.check_image(ref)
 
 
 def _host_cwd() -> str | None:
