@@ -279,44 +279,18 @@ class BuildCache:
 
     def keep_image(self, key: str, pack_key: str, sif: str) -> None:
         """Copy the finished SIF into the entry of the build's last step (best effort: a cache)."""
-        import shutil
+        from yurt.store.atomic import copy_file
 
         final = self.image_path(key, pack_key)
-        if not final.parent.is_dir():
-            return
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        try:
-            shutil.copyfile(sif, tmp)
-            from yurt.store.atomic import fsync_path
-
-            fsync_path(tmp)
-            os.replace(tmp, final)
-        except OSError:
+        if final.parent.is_dir():
             try:
-                os.unlink(tmp)
+                copy_file(sif, final, 0o644)
             except OSError:
                 pass
 
 
 def copy_out(src: str | os.PathLike[str], out: str) -> None:
-    """Copy a cached SIF to ``out`` atomically (temp beside it, fsync, rename)."""
-    import shutil
+    """Copy a cached SIF to ``out`` atomically, with a SIF's mode (as write_sif makes it)."""
+    from yurt.store.atomic import copy_file
 
-    from yurt.store.atomic import fsync_path
-
-    out_dir = os.path.dirname(os.path.abspath(out))
-    tmp = os.path.join(out_dir, f".{os.path.basename(out)}.{os.getpid()}.tmp")
-    try:
-        with open(src, "rb") as fin, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                                                       0o755), "wb") as fout:  # a SIF's mode, as write_sif
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_path(out_dir)
+    copy_file(src, out, 0o755)

@@ -49,6 +49,7 @@ from yurt.build.executor import (
     _exit_text,
     _say,
     check_output,
+    existing_in_root,
     finish,
     glob_in_root,
     in_workspace,
@@ -102,13 +103,9 @@ def place(sources: list[tuple[str, bool]], root: str, dest: str, into_dir: bool,
     if owner is None and chmod is None:
         return
     for path in copied:
-        try:
-            existing, missing = resolve_in_root(root, path)
-        except EscapeError:
+        top = existing_in_root(root, path)
+        if top is None:
             continue
-        if missing:
-            continue
-        top = host_path(root, existing)
         _fix(top, owner, chmod)
         if os.path.isdir(top) and not os.path.islink(top):
             for dirpath, dirnames, filenames in os.walk(top):

@@ -324,16 +324,21 @@ def _join(base: str, path: str) -> str:
     return "/" + "/".join([*(p for p in base.split("/") if p), *(p for p in path.split("/") if p)])
 
 
+def existing_in_root(root: str, path: str) -> str | None:
+    """The host path of the container path ``path`` of ``root`` if it exists (resolved inside ``root``), else None."""
+    try:
+        existing, missing = resolve_in_root(root, path)
+    except EscapeError:
+        return None
+    return None if missing else host_path(root, existing)
+
+
 def remove_placeholders(root: str, paths: list[str]) -> None:
     """Remove the empty mount points the launcher made in a writable sandbox (``/.post.script``, ...)."""
     for path in sorted(paths, key=len, reverse=True):
-        try:
-            existing, missing = resolve_in_root(root, path)
-        except EscapeError:
+        target = existing_in_root(root, path)
+        if target is None:
             continue
-        if missing:
-            continue
-        target = host_path(root, existing)
         try:
             st = os.lstat(target)
             if os.path.isdir(target) and not os.listdir(target):

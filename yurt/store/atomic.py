@@ -49,3 +49,29 @@ def write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) ->
         raise
     fsync_path(path.parent)
     return path
+
+
+def copy_file(src: str | os.PathLike[str], path: str | os.PathLike[str], mode: int = 0o644) -> Path:
+    """Replace ``path`` with a copy of ``src`` atomically (``mode`` minus the umask, as open(2) gives)."""
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        with os.fdopen(fd, "wb") as f, open(src, "rb") as fin:
+            os.fchmod(f.fileno(), mode & ~umask)
+            shutil.copyfileobj(fin, f, 1 << 20)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_path(path.parent)
+    return path
