@@ -561,3 +561,18 @@ def debian_rootfs() -> Path:
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     return final
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator:
+    """A single-node Slurm on localhost (munged, slurmctld, slurmd as root; see tests/e2e/slurm.py),
+    stopped and removed afterwards.  ``.run_as(user, argv, env=, timeout=)`` runs srun/sbatch."""
+    from slurm import LocalSlurm, missing_programs
+
+    if os.geteuid() != 0:
+        pytest.skip("starting Slurm daemons needs root")
+    missing = missing_programs()
+    if missing:
+        pytest.skip("needs " + ", ".join(missing) + " (slurm-wlm, munge: scripts/install-system-deps)")
+    with LocalSlurm() as cluster:
+        yield cluster
