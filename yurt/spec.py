@@ -160,11 +160,11 @@ class YurtExtras(Record):
 
     __slots__ = ("env_scripts", "inject_env", "env_script_text", "writable_tmpfs", "session_size_mb",
                  "overlays", "init", "fakeroot_multi", "fake_ownership", "app", "debug",
-                 "allow_no_limits")
+                 "allow_no_limits", "run_as")
     _defaults = {"env_scripts": False, "inject_env": dict, "env_script_text": "", "writable_tmpfs": False,
                  "session_size_mb": 64, "overlays": list, "init": True, "fakeroot_multi": False,
                  "fake_ownership": False, "app": None, "debug": False,
-                 "allow_no_limits": False}
+                 "allow_no_limits": False, "run_as": None}
     env_scripts: bool
     inject_env: dict[str, str]
     env_script_text: str
@@ -177,6 +177,7 @@ class YurtExtras(Record):
     app: str | None  # SCIF app whose environment is sourced too
     debug: bool
     allow_no_limits: bool
+    run_as: list[int] | None  # [uid, gid, *groups] to switch to just before exec (build steps as USER)
 
 
 class ContainerSpec(Record):

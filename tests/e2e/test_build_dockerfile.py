@@ -205,3 +205,22 @@ def test_builds_are_reproducible_with_source_date_epoch(yurt_cmd, tmp_path, cont
         os.utime(context / "app" / "main.sh", (1, 1 + n))  # a different mtime on the host must not matter
         time.sleep(1.1)  # every file the build writes gets another mtime
     assert digests[0] == digests[1]
+
+
+def test_user_applies_to_later_run_steps(yurt_cmd, tmp_path, env, context, base):
+    from tests.integration.test_build import has_subuid
+
+    dockerfile = (f"FROM {base}\n"
+                  "RUN echo 'app:x:1234:1234::/home/app:/bin/sh' >> /etc/passwd && echo 'app:x:1234:' >> /etc/group "
+                  "&& echo 'extra:x:2000:app' >> /etc/group && mkdir -p /home/app && chown 1234:1234 /home/app\n"
+                  "USER app\n"
+                  "RUN id -u > /tmp/uid; id -G > /tmp/groups; echo $HOME > /tmp/home; touch /home/app/mine\n"
+                  "USER root\n"
+                  "RUN cp /tmp/uid /tmp/groups / && cp /tmp/home /home-dir && id -u > /root-uid\n")
+    r = _build(yurt_cmd, tmp_path, env, context, dockerfile=dockerfile)
+    if not has_subuid():
+        assert r.returncode == 0 and "USER app: with a single-id fakeroot" in r.stderr
+        return
+    ok(r)
+    out = ok(yurt_cmd("exec", tmp_path / "img.sif", "cat", "/uid", "/groups", "/home-dir", "/root-uid", env=env)).stdout
+    assert out.split("\n")[:4] == ["1234", "1234 2000", "/home/app", "0"]

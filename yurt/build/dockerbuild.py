@@ -25,9 +25,13 @@ The result carries the image config as the SIF's ``oci-config.json`` object, so 
 follows Entrypoint + Cmd and WorkingDir as ``docker run`` does, plus the Apptainer layout
 (``/.singularity.d`` env script and runscript) so it runs in Apptainer too.
 
+``USER`` applies to later ``RUN`` steps (ids and supplementary groups from the image's
+``/etc/passwd`` and ``/etc/group``, ``HOME`` from its entry) when the build's namespace maps
+them: as root or with a subuid range.  With a single-id fakeroot there is no other id, so the
+steps run as root, with a warning.
+
 Not done, with a warning: ``RUN --mount``/``--network``/``--security`` (the step runs
-without them), a non-root ``USER`` for ``RUN`` (steps run as the build's root; the image's
-User is recorded), ``ONBUILD`` triggers of a base image, ``FROM --platform`` other than the
+without them), ``ONBUILD`` triggers of a base image, ``FROM --platform`` other than the
 host's.  Refused: ``ADD`` of git repositories, heredocs.
 """
 
@@ -159,6 +163,23 @@ def _lookup_ids(root: str, spec: str, where: str) -> tuple[int, int]:
     return uid, gid
 
 
+def _user_ids(root: str, user: str, where: str) -> tuple[list[int], str]:
+    """``USER name[:group]`` -> ``[uid, gid, *supplementary gids]`` and the home directory, from the image."""
+    uid, gid = _lookup_ids(root, user, where)
+    name = user.partition(":")[0]
+    home = "/"
+    groups: list[int] = []
+    for path, handle in (("/etc/passwd", "passwd"), ("/etc/group", "group")):
+        raw = layout.read_file(root, path, 8 << 20)
+        for line in (raw or b"").decode("utf-8", "replace").splitlines():
+            parts = line.split(":")
+            if handle == "passwd" and len(parts) > 5 and (parts[0] == name or parts[2] == str(uid)):
+                name, home = parts[0], parts[5] or "/"
+            elif handle == "group" and len(parts) > 3 and name in parts[3].split(",") and parts[2].isdigit():
+                groups.append(int(parts[2]))
+    return [uid, gid, *sorted(set(groups) - {gid})], home
+
+
 def _parse_chmod(value: str, where: str) -> int:
     try:
         mode = int(value, 8)
@@ -284,18 +305,27 @@ class _DockerBuild:
             env[key] = value
         workdir = config.get("WorkingDir") or "/"
         user = config.get("User") or ""
-        if user not in ("", "root", "0", "0:0", "root:root"):
-            self.warn_once(f"{where} USER {user}: RUN steps run as the build's root (fakeroot); "
-                           "the image records User for other runtimes")
+        as_root = user in ("", "root", "0", "0:0", "root:root")
+        if not as_root and self.runner.mode == SINGLE:
+            self.warn_once(f"{where} USER {user}: with a single-id fakeroot there is no other user to be; RUN "
+                           "steps run as root (a /etc/subuid range, or building as root, runs them as {user})")
+            as_root = True
         for flag in ins.flags:
             self.warn_once(f"{where} RUN --{flag} is not supported: the command runs without it")
-        payload = {"argv": argv, "env": sorted(env.items()), "workdir": workdir, "mode": self.runner.mode}
+        payload = {"argv": argv, "env": sorted(env.items()), "workdir": workdir, "mode": self.runner.mode,
+                   "user": None if as_root else user}
 
         def do_run() -> None:
             self.runner.call(layout.ensure_dir, tree.path, workdir)
+            run_as = None
+            run_env = dict(env)
+            if not as_root:
+                run_as, home = _user_ids(tree.path, user, where)
+                run_env.setdefault("HOME", home)
             binds, extra_env = single_id_extras(self.runner, self.ctl)
             status = run_in_container(self.runner, tree.path, argv, writable=True, fakeroot=True, binds=binds,
-                                      env=[f"{k}={v}" for k, v in env.items()] + extra_env, cwd=workdir)
+                                      env=[f"{k}={v}" for k, v in run_env.items()] + extra_env, cwd=workdir,
+                                      run_as=run_as)
             if status != 0:
                 raise BuildError(f"{where} RUN failed with {_exit_text(status)}: {_short(ins.args)}")
 

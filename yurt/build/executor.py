@@ -619,7 +619,7 @@ def _sandbox_oci_config(root: str) -> dict | None:
 
 
 def run_in_container(runner: Runner, sandbox: str, args: list[str], *, writable: bool, fakeroot: bool,
-                     binds: list[str], env: list[str], cwd: str = "/") -> int:
+                     binds: list[str], env: list[str], cwd: str = "/", run_as: list[int] | None = None) -> int:
     """Run ``args`` in the sandbox through the real launcher, in a forked child; its wait status.
 
     With ``writable``, the empty mount points the launcher had to create in the sandbox are
@@ -629,10 +629,11 @@ def run_in_container(runner: Runner, sandbox: str, args: list[str], *, writable:
     from yurt.image.source import Image
     from yurt.runtime.plan import ActionRequest, plan_container
 
+    # site=False: as Apptainer, build steps ignore the site's binds and image rules.
     req = ActionRequest(action="exec", image=Image(path=sandbox, kind="sandbox"), args=args, writable=writable,
                         fakeroot=fakeroot and runner.mode != ROOT, ignore_subuid=runner.mode == SINGLE,
                         fake_ownership=fakeroot and runner.mode == SINGLE, cleanenv=True, no_home=True, pwd=cwd,
-                        binds=binds, env=env, site=False)  # as Apptainer: build steps ignore the site's binds
+                        binds=binds, env=env, site=False, run_as=run_as, image_tmp=writable)
     spec = plan_container(req)
     created = []
     if writable:

@@ -173,6 +173,11 @@ def exec_payload(spec: ContainerSpec, plan: _ExecPlan, old_mask: set[int] | None
             sc.default_signal_action(signum)
         if plan.hooks is not None:
             plan.hooks.start_container()
+        if spec.extras.run_as:  # a build step as the Dockerfile's USER: ids mapped by the build's namespace
+            uid, gid, *groups = spec.extras.run_as
+            os.setgroups(groups)
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
         if proc.no_new_privileges or spec.extras.fake_ownership:
             sc.set_no_new_privs()
         if spec.extras.fake_ownership:

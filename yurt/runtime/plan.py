@@ -46,14 +46,14 @@ class ActionRequest(Record):
                  "ipc", "net", "uts", "hostname", "cleanenv", "env", "env_file", "fakeroot", "writable_tmpfs",
                  "writable_tmpfs_size", "overlays", "workdir", "shell", "no_init", "ignore_subuid", "writable",
                  "fake_ownership", "app", "debug", "site", "image_ref", "nv", "rocm", "devices", "cdi_dirs",
-                 "hooks_dirs", "mpi")
+                 "hooks_dirs", "mpi", "run_as", "image_tmp")
     _defaults = {"args": list, "binds": list, "home": None, "no_home": False, "pwd": None, "contain": False,
                  "containall": False, "pid": False, "ipc": False, "net": False, "uts": False, "hostname": None,
                  "cleanenv": False, "env": list, "env_file": None, "fakeroot": False, "writable_tmpfs": False,
                  "writable_tmpfs_size": 64, "overlays": list, "workdir": None, "shell": None, "no_init": False,
                  "ignore_subuid": False, "writable": False, "fake_ownership": False, "app": None,
                  "debug": False, "site": True, "image_ref": None, "nv": False, "rocm": False, "devices": list,
-                 "cdi_dirs": list, "hooks_dirs": list, "mpi": None}
+                 "cdi_dirs": list, "hooks_dirs": list, "mpi": None, "run_as": None, "image_tmp": False}
     action: str  # exec | run | shell
     image: Image
     args: list[str]
@@ -94,6 +94,8 @@ class ActionRequest(Record):
     cdi_dirs: list[str]
     hooks_dirs: list[str]  # --hooks-dir: more oci-hooks(5) definitions (yurt.runtime.hooks)
     mpi: str | None  # --mpi: None/hybrid (the image's MPI), host (bind the host's), none (no MPI help)
+    run_as: list[int] | None  # build steps (Dockerfile USER): [uid, gid, *groups] inside a fakeroot namespace
+    image_tmp: bool  # build steps: /tmp and /var/tmp are the image's own (what RUN writes there stays in it)
 
 
 class Bind(Record):
@@ -215,7 +217,7 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None, c
                 site.check_bind(home_src, "--home" if req.home else "the home directory (use --no-home or --home)")
             mounts.append(Mount(home_dst, "bind", home_src))
     # 5. /tmp and /var/tmp
-    for tmp in ("/tmp", "/var/tmp"):
+    for tmp in ("/tmp", "/var/tmp") if not req.image_tmp else ():
         if contain:
             if req.workdir:
                 if site is not None:
@@ -298,6 +300,7 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None, c
         root_readonly=not req.writable,
         annotations=annotations,
         extras=YurtExtras(
+            run_as=list(req.run_as) if req.run_as else None,
             env_scripts=True,
             inject_env=late,
             env_script_text=env_text,
