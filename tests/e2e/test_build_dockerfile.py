@@ -224,3 +224,28 @@ def test_user_applies_to_later_run_steps(yurt_cmd, tmp_path, env, context, base)
     ok(r)
     out = ok(yurt_cmd("exec", tmp_path / "img.sif", "cat", "/uid", "/groups", "/home-dir", "/root-uid", env=env)).stdout
     assert out.split("\n")[:4] == ["1234", "1234 2000", "/home/app", "0"]
+
+
+def test_add_url_downloads_into_the_image(yurt_cmd, tmp_path, env, context, base):
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "tool.txt").write_text("downloaded\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/tool.txt"
+        dockerfile = f"FROM {base}\nADD {url} /opt/\nADD {url} /opt/renamed.txt\n"
+        ok(_build(yurt_cmd, tmp_path, env, context, dockerfile=dockerfile))
+        out = ok(yurt_cmd("exec", "--fakeroot", tmp_path / "img.sif", "sh", "-c", "cat /opt/tool.txt /opt/renamed.txt; "
+                          "stat -c %a /opt/tool.txt", env=env)).stdout
+        assert out == "downloaded\ndownloaded\n600\n"
+        missing = _build(yurt_cmd, tmp_path, env, context, dockerfile=f"FROM {base}\nADD {url}.nope /opt/\n",
+                         out="missing.sif")
+        assert missing.returncode != 0 and "Dockerfile:2: ADD" in missing.stderr and "404" in missing.stderr
+    finally:
+        server.shutdown()
