@@ -16,6 +16,7 @@ STOP_FLAGS = [
     Flag("force", short="F", help="send SIGKILL at once"),
     _HELP,
 ]
+FLAGS = [LIST_FLAGS[0], *STOP_FLAGS]  # start takes the options of exec (yurt.cli.actions.FLAGS)
 # Start options a join must plan with as well (identity and home as the instance has them).
 JOIN_OPTIONS = ("fakeroot", "ignore_subuid", "contain", "containall", "home", "no_home", "workdir")
 # Options that shape a container and so only mean something when an instance starts.
@@ -147,7 +148,7 @@ def join_instance(command: str, values: dict, positionals: list[str], ctx) -> No
     doc, target = instances.target_of(name)
     ignored = [k.replace("_", "-") for k in _START_ONLY if values.get(k)]
     if ignored:
-        notice(f"--{', --'.join(ignored)} only apply when an instance starts; ignored when joining {name}")
+        notice(f"ignored when joining instance {name} (set when it starts): --{', --'.join(ignored)}")
     for k in _START_ONLY:
         if k in values:
             values[k] = [] if isinstance(values[k], list) else (None if k in ("memory", "cpus", "pids_limit",

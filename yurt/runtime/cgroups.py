@@ -223,7 +223,8 @@ def find_v2_parent(mount: str, path: str, controllers: list[str]) -> tuple[str |
         todo = [c for c in controllers if c not in enabled]
         if not todo:
             return cand, [], ""
-        if _writable(os.path.join(cand, "cgroup.subtree_control")) and not _has_processes(cand):
+        # The kernel enables controllers only where no process lives, the root cgroup excepted.
+        if _writable(os.path.join(cand, "cgroup.subtree_control")) and (cand == mount or not _has_processes(cand)):
             return cand, todo, ""
         why = f"{cand} holds processes, so the kernel will not enable {', '.join(todo)} below it"
     return None, [], why

@@ -102,7 +102,8 @@ def start(spec: ContainerSpec, make_rootfs: Callable[[], Rootfs], name: str, ima
 
             cgroup = cgroups.apply(spec)
         try:
-            pid = join.spawn_holder(spec, make_rootfs(), join.HolderOptions("instance", out, err, cgroup, close_fds=[lock]))
+            opts = join.HolderOptions("instance", out, err, cgroup, close_fds=[lock])
+            pid = join.spawn_holder(spec, make_rootfs(), opts)
             target = join.capture(pid, cgroup.paths if cgroup else [])
         except BaseException:
             if cgroup is not None:

@@ -183,6 +183,7 @@ def exec_in(spec: ContainerSpec, target: Target) -> NoReturn:
     from yurt.runtime import launcher, supervisor
 
     spec.hostname = None  # the container's hostname was set by its creator
+    spec.hooks = {}  # OCI hooks belong to a container's creation, not to joining it
     plan = launcher._ExecPlan(spec)  # everything exec_payload needs, while the host's modules are reachable
     fds: list[tuple[str, int]] = []
     try:
@@ -248,6 +249,8 @@ def spawn_holder(spec: ContainerSpec, rootfs: Rootfs, opts: HolderOptions) -> in
     if pid == 0:
         os.close(r)
         try:
+            if os.fork():  # the holder must be nobody's child: it outlives the process starting it
+                os._exit(0)
             _holder_main(spec, rootfs, opts, w)
         except YurtError as e:
             _tell(w, f"E{e}")
@@ -309,6 +312,7 @@ def _holder_main(spec: ContainerSpec, rootfs: Rootfs, opts: HolderOptions, w: in
                     os.close(fd)
             except OSError:
                 pass
+    spec.hooks = {}  # not run for shared containers yet: their runtime side has no process to live in
     plan = launcher._ExecPlan(spec)
     old_mask = supervisor.block_signals()
     if opts.cgroup is not None:
@@ -445,9 +449,7 @@ def default_tag(env: dict[str, str] | os._Environ[str]) -> str | None:
 
 def tag_key(tag: str) -> str:
     """A file-name-safe key for this node and tag."""
-    import socket
-
-    raw = f"{socket.gethostname()}-{tag}"
+    raw = f"{os.uname().nodename}-{tag}"
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in raw)
     if len(safe) > 100 or safe != raw:
         import hashlib
@@ -487,8 +489,9 @@ def sharens_launch(spec: ContainerSpec, make_rootfs: Callable[[], Rootfs], tag: 
                 os.close(dir_fd)
             target = capture(pid)
             write_json(base + ".json", {"tag": tag, **target.to_json()})
-        ref = os.open(base + ".ref", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)  # inherited: our reference
+        ref = os.open(base + ".ref", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         fcntl.flock(ref, fcntl.LOCK_SH)
+        os.set_inheritable(ref, True)  # the payload holds our reference for as long as it lives
     finally:
         os.close(lock)
     exec_in(spec, target)
