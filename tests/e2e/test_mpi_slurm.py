@@ -175,6 +175,27 @@ def test_pingpong_with_large_messages_does_not_hang(mpi_images, slurm, test_user
     assert all(bw > 0 for _, bw in table.values())
 
 
+@pytest.mark.parametrize("launcher", ["mpirun", "srun"])
+def test_sharens_ranks_share_one_container_and_single_copy(mpi_images, slurm, test_user, user_dir, launcher):
+    """--sharens: the ranks of a step join one container (one user namespace), so Open MPI keeps its CMA
+    single-copy path (yurt does not turn it off there) and 8 MiB messages go through."""
+    yurt = [*_yurt(test_user), "exec", "--sharens", mpi_images.ompi]
+    show = 'echo "ns $(readlink /proc/self/ns/user) cma=${OMPI_MCA_btl_vader_single_copy_mechanism:-on}"'
+    probe = [*yurt, "sh", "-c", show]
+    pingpong = [*yurt, "mpiprog", "pingpong", str(BIG), "40"]
+    if launcher == "mpirun":
+        ran = [mpirun_as(test_user, 2, probe, cwd=user_dir),
+               mpirun_as(test_user, 2, pingpong, timeout=180, cwd=user_dir)]
+    else:
+        ran = [srun_as(slurm, test_user, ["srun", "-n", "2", "--mpi=pmix", *c], timeout=180, cwd=user_dir)
+               for c in (probe, pingpong)]
+    assert ran[0].returncode == 0, ran[0].stderr[-3000:]
+    lines = re.findall(r"^ns (\S+) cma=(\S+)$", ran[0].stdout, re.M)
+    assert len(lines) == 2 and lines[0] == lines[1] and lines[0][1] == "on", ran[0].stdout
+    table = pingpong_table(ran[1])
+    assert BIG in table
+
+
 def test_sbatch_script_runs_ranks_in_containers(mpi_images, slurm, test_user, user_dir):
     yurt = " ".join(_yurt(test_user))
     script = user_dir / "job.sh"
