@@ -75,6 +75,7 @@ def test_collect_order_and_masking(tmp_path):
         ("10-User.json", str(user / "10-User.json")),
         ("20-site.json", str(site / "20-site.json")),
         ("yurt-infiniband.json", str(extra / "yurt-infiniband.json")),
+        ("yurt-mpi.json", None),
         ("yurt-nvidia.json", str(site / "yurt-nvidia.json")),
         ("yurt-rocm.json", None),
     ]
@@ -118,6 +119,25 @@ def test_builtin_nvidia_replaced_by_a_hook_file(tmp_path, capsys):
     assert capsys.readouterr().err == ""  # the built-in --nv did not run (it would warn: no driver here)
     hooks.integrate(new_spec(), nv=True, env=env)
     assert "no NVIDIA driver found" in capsys.readouterr().err
+
+
+def test_builtin_mpi_runs_for_ranks_and_a_site_file_replaces_it(tmp_path, monkeypatch):
+    from yurt.hpc import mpi
+
+    calls = []
+    monkeypatch.setattr(mpi, "plan_edits", lambda spec, env, host=False: calls.append(host))
+    env = {"HOME": str(tmp_path), "YURT_SYSCONFDIR": str(tmp_path / "nosite"), "YURT_DRIVER_ROOT": str(tmp_path)}
+    spec = hooks.integrate(new_spec(), mpi="hybrid", env=env)
+    assert calls == [False] and spec.annotations["yurt.mpi"] == "hybrid"
+    hooks.integrate(new_spec(), env=env)
+    assert calls == [False]  # not a rank: nothing
+    d = tmp_path / "hooks"
+    d.mkdir()
+    site_hook = dict(definition(annotations={r"^yurt\.mpi$": "^host$"}), hook={"path": "/usr/bin/site-mpi-hook"},
+                     stages=["createContainer"])
+    (d / "yurt-mpi.json").write_text(json.dumps(site_hook))
+    spec = hooks.integrate(new_spec(), mpi="host", hooks_dirs=[str(d)], env=env)
+    assert calls == [False] and [h.path for h in spec.hooks["createContainer"]] == ["/usr/bin/site-mpi-hook"]
 
 
 def test_run_hook_gets_state_on_stdin(tmp_path):

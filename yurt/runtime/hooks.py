@@ -13,7 +13,9 @@ Definitions
 
 Built-in hooks
     yurt's own integrations are virtual hook files of the lowest precedence:
-    ``yurt-nvidia.json`` (``--nv``), ``yurt-rocm.json`` (``--rocm``) and
+    ``yurt-nvidia.json`` (``--nv``), ``yurt-rocm.json`` (``--rocm``),
+    ``yurt-mpi.json`` (MPI ranks and ``--mpi=host``: :mod:`yurt.hpc.mpi`; the
+    ``yurt.mpi`` annotation says ``hybrid`` or ``host``) and
     ``yurt-infiniband.json`` (``/dev/infiniband`` and the verbs/libfabric
     providers, whenever the host has them).  They edit the ContainerSpec at
     plan time (no process is started).  A file of the same name in a hooks
@@ -66,7 +68,7 @@ from yurt.record import Record
 from yurt.spec import ContainerSpec, Hook
 
 STAGES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
-BUILTINS = ("yurt-infiniband.json", "yurt-nvidia.json", "yurt-rocm.json")
+BUILTINS = ("yurt-infiniband.json", "yurt-mpi.json", "yurt-nvidia.json", "yurt-rocm.json")
 
 
 class HookDefinition(Record):
@@ -203,11 +205,16 @@ def load(path: str) -> HookDefinition:
     return parse_definition(doc, path)
 
 
-def integrate(spec: ContainerSpec, *, nv: bool = False, rocm: bool = False, devices: list[str] | None = None,
-              cdi_dirs: list[str] | None = None, hooks_dirs: list[str] | None = None, has_bind_mounts: bool = False,
-              env: dict[str, str] | None = None) -> ContainerSpec:
-    """Add devices (CDI, built-in GPU/network integrations) and the matching OCI hooks to ``spec``."""
+def integrate(spec: ContainerSpec, *, nv: bool = False, rocm: bool = False, mpi: str | None = None,
+              devices: list[str] | None = None, cdi_dirs: list[str] | None = None, hooks_dirs: list[str] | None = None,
+              has_bind_mounts: bool = False, env: dict[str, str] | None = None) -> ContainerSpec:
+    """Add devices (CDI, built-in MPI/GPU/network integrations) and the matching OCI hooks to ``spec``.
+
+    ``mpi``: None (not an MPI rank), ``hybrid`` (the image's MPI) or ``host`` (bind the host's).
+    """
     env = dict(os.environ) if env is None else env
+    if mpi:
+        spec.annotations["yurt.mpi"] = mpi
     if nv:
         spec.annotations["yurt.nv"] = "true"
     if rocm:
@@ -218,7 +225,7 @@ def integrate(spec: ContainerSpec, *, nv: bool = False, rocm: bool = False, devi
         cdi.apply(spec, devices, cdi.cdi_dirs(cdi_dirs))
     for name, path in collect(site_dir(env), [user_dir(env), *(hooks_dirs or [])]):
         if path is None:
-            _builtin(name, spec, env, nv=nv, rocm=rocm)
+            _builtin(name, spec, env, nv=nv, rocm=rocm, mpi=mpi)
             continue
         d = load(path)
         if matches(d, spec.process.args, spec.annotations, has_bind_mounts):
@@ -227,8 +234,13 @@ def integrate(spec: ContainerSpec, *, nv: bool = False, rocm: bool = False, devi
     return spec
 
 
-def _builtin(name: str, spec: ContainerSpec, env: dict[str, str], *, nv: bool, rocm: bool) -> None:
-    if name == "yurt-infiniband.json":
+def _builtin(name: str, spec: ContainerSpec, env: dict[str, str], *, nv: bool, rocm: bool, mpi: str | None) -> None:
+    if name == "yurt-mpi.json":
+        if mpi:
+            from yurt.hpc import mpi as mpi_support
+
+            mpi_support.plan_edits(spec, env, host=mpi == "host")
+    elif name == "yurt-infiniband.json":
         if os.path.isdir(os.path.join(env.get("YURT_DRIVER_ROOT") or "/", "dev/infiniband")):
             from yurt.runtime import gpu
 

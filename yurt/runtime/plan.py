@@ -316,13 +316,15 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None, c
     )
     if req.mpi not in (None, "", "hybrid", "host", "none"):
         raise UsageError(f"--mpi={req.mpi}: unknown MPI model", "use hybrid (the default), host or none")
-    if req.mpi == "host" or (req.mpi != "none" and any(k in host_env for k in MPI_RANK_MARKERS)):
-        from yurt.hpc import mpi  # PMIx directories, Open MPI shared memory, --mpi=host binds
+    # MPI help (PMIx directories, Open MPI shared memory, --mpi=host binds) only for ranks or --mpi=host.
+    mpi = None
+    if req.mpi == "host":
+        mpi = "host"
+    elif req.mpi != "none" and any(k in host_env for k in MPI_RANK_MARKERS):
+        mpi = "hybrid"
+    from yurt.runtime.hooks import integrate  # MPI, GPUs, CDI devices, network, OCI hooks
 
-        mpi.plan_edits(spec, host_env, host=req.mpi == "host")
-    from yurt.runtime.hooks import integrate  # GPUs, CDI devices, network, OCI hooks
-
-    return integrate(spec, nv=req.nv, rocm=req.rocm, devices=req.devices, cdi_dirs=req.cdi_dirs,
+    return integrate(spec, nv=req.nv, rocm=req.rocm, mpi=mpi, devices=req.devices, cdi_dirs=req.cdi_dirs,
                      hooks_dirs=req.hooks_dirs, has_bind_mounts=bool(req.binds), env=host_env)
 
 
