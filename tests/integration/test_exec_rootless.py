@@ -503,6 +503,18 @@ def test_unsquash_fallback_uses_local_cache(yurt_cmd, busybox_sif, tmp_path):
     assert len(entries) == 1 and not entries[0].name.endswith(".tmp")
 
 
+def test_unsquash_storm_unpacks_once_per_node(busybox_sif, tmp_path, repo_root):
+    """Ranks starting together on a node: one unpacks, the others wait for it and reuse it."""
+    env = {**os.environ, "YURT_LOCAL_CACHEDIR": str(tmp_path / "cache"), "PYTHONPATH": str(repo_root)}
+    procs = [subprocess.Popen([sys.executable, "-m", "yurt", "exec", "--unsquash", str(busybox_sif), "echo", "ok"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    assert [r[0] for r in results] == ["ok\n"] * 6, results
+    assert sum(r[1].count("unpacking") for r in results) == 1, [r[1] for r in results]
+    assert [p.name for p in (tmp_path / "cache" / "unpacked").iterdir()] == [
+        next((tmp_path / "cache" / "unpacked").iterdir()).name]
+
+
 def test_fakeroot_single_id_map(yurt_cmd, busybox_rootfs):
     out = ok(
         yurt_cmd("exec", "--fakeroot", "--ignore-subuid", busybox_rootfs, "sh", "-c", "id -u; cat /proc/self/uid_map")

@@ -30,7 +30,7 @@ def instance_sif(busybox_rootfs: Path, tmp_path_factory: pytest.TempPathFactory)
     """busybox with a %startscript, as a SIF (mounted with squashfuse, or unpacked without FUSE)."""
     import shutil
 
-    from conftest import make_run_yurt, missing_tools
+    from tests.conftest import make_run_yurt, missing_tools
 
     if missing_tools("mksquashfs"):
         pytest.skip("mksquashfs missing")

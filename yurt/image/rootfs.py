@@ -263,7 +263,6 @@ class ExtractedSquashfs(Rootfs):
         return hashlib.sha256(f"{ident}{self.offset}".encode()).hexdigest()[:32]
 
     def prepare(self) -> None:
-        from yurt.image.squashfs import unsquashfs_extract
 
         root = os.path.join(local_cache_dir(), "unpacked")
         os.makedirs(root, mode=0o700, exist_ok=True)
@@ -271,6 +270,24 @@ class ExtractedSquashfs(Rootfs):
         if os.path.isdir(final):
             os.utime(final)  # `yurt cache clean --days N` ages unpacked trees by their last use
         else:
+            self._unpack_once(final)
+        self.dir = final
+
+    def _unpack_once(self, final: str) -> None:
+        """Unpack under a node-local lock: when all the ranks of a node start at once, one unpacks, the rest wait."""
+        from yurt.image.squashfs import unsquashfs_extract
+        from yurt.store.locks import LocksUnsupported, acquire
+
+        lock_dir = os.path.join(os.path.dirname(os.path.dirname(final)), "locks")
+        os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+        try:
+            fd = acquire(os.path.join(lock_dir, f"unpack-{os.path.basename(final)}.lock"), shared=False,
+                         timeout=None, what=f"the unpacking of {os.path.basename(self.path)}")
+        except LocksUnsupported:
+            fd = None  # each process unpacks; the first rename wins
+        try:
+            if os.path.isdir(final):  # another process unpacked it while we waited
+                return
             notice(f"{self.reason}; unpacking {os.path.basename(self.path)} once into {final}")
             tmp = f"{final}.tmp-{os.getpid()}"
             try:
@@ -284,7 +301,9 @@ class ExtractedSquashfs(Rootfs):
                     import shutil
 
                     shutil.rmtree(tmp, ignore_errors=True)
-        self.dir = final
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def attach(self, mountpoint: str) -> str:
         return self.dir
