@@ -53,6 +53,7 @@ from yurt.build.executor import (
     _exit_text,
     _say,
     check_output,
+    default_compression,
     existing_in_root,
     finish,
     glob_in_root,
@@ -565,7 +566,7 @@ def _base_env_lookup(context: str, pull_options):
 
 
 def build(dockerfile: str, context: str, out: str, *, sandbox: bool = False, build_args: dict[str, str] | None = None,
-          target: str | None = None, tag: str | None = None, compression: str = "gzip",
+          target: str | None = None, tag: str | None = None, compression: str | None = None,
           mksquashfs_args: list[str] | tuple[str, ...] = (), force: bool = False, pull_options=None,
           no_cache: bool = False) -> None:
     """Build ``dockerfile`` with the build context ``context`` into ``out`` (a SIF, or a sandbox directory)."""
@@ -580,6 +581,7 @@ def build(dockerfile: str, context: str, out: str, *, sandbox: bool = False, bui
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BuildError(f"{dockerfile}: the Dockerfile is not UTF-8 text")
+    compression = compression or default_compression()
     check_output(out, sandbox=sandbox, force=force, compression=compression)
     context = os.path.abspath(context)
     agents._PULLED.clear()

@@ -727,7 +727,7 @@ def read_recipe(recipe_path: str, build_args: dict[str, str] | None, build_arg_f
 
 def build(recipe_path: str, out: str, *, sandbox: bool = False, notest: bool = False,
           build_args: dict[str, str] | None = None, build_arg_file: str | None = None,
-          warn_unused_build_args: bool = False, fakeroot: bool = False, compression: str = "gzip",
+          warn_unused_build_args: bool = False, fakeroot: bool = False, compression: str | None = None,
           mksquashfs_args: list[str] | tuple[str, ...] = (), force: bool = False, pull_options=None,
           no_cache: bool = False) -> None:
     """Build the definition file ``recipe_path`` into ``out`` (a SIF, or a directory with ``sandbox``).
@@ -739,6 +739,7 @@ def build(recipe_path: str, out: str, *, sandbox: bool = False, notest: bool = F
     """
     text, definitions = read_recipe(recipe_path, build_args, build_arg_file, warn_unused_build_args)
     agents._PULLED.clear()
+    compression = compression or default_compression()
     check_output(out, sandbox=sandbox, force=force, compression=compression)
     recipe_dir = os.path.dirname(os.path.abspath(recipe_path))
 
@@ -750,6 +751,12 @@ def build(recipe_path: str, out: str, *, sandbox: bool = False, notest: bool = F
                deffile=text.encode())
 
     in_workspace(out, make)
+
+
+def default_compression() -> str:
+    from yurt.image.squashfs import DEFAULT_COMPRESSION
+
+    return DEFAULT_COMPRESSION
 
 
 def check_output(out: str, *, sandbox: bool, force: bool, compression: str) -> None:

@@ -15,7 +15,8 @@ FLAGS = [
     Flag("warn-unused-build-args", help="warn about unused build arguments instead of failing"),
     Flag("fakeroot", short="f", help="accepted for Apptainer compatibility: unprivileged builds always use "
          "a fakeroot (with your /etc/subuid range when there is one)"),
-    Flag("compression", "value", None, "squashfs compressor: gzip (default), zstd, lz4, xz, lzo", "ALG"),
+    Flag("compression", "value", None,
+         "squashfs compressor: zstd (default, level 3), gzip (kernels < 4.14), lz4, xz, lzo", "ALG"),
     Flag("mksquashfs-args", "value", None, "extra arguments passed to mksquashfs", "ARGS"),
     Flag("force", short="F", help="overwrite OUT if it exists"),
     Flag("no-cache", help="run every step even when the build cache has it (the cache is still filled)"),
@@ -48,7 +49,9 @@ def main(command: str, argv: list[str], ctx) -> int:
     import shlex
 
     mksquashfs_args = shlex.split(values["mksquashfs_args"] or "")
-    compression = values["compression"] or "gzip"
+    from yurt.image.squashfs import DEFAULT_COMPRESSION
+
+    compression = values["compression"] or DEFAULT_COMPRESSION
     from yurt.build.dockerbuild import is_dockerfile
 
     dockerfile = values["dockerfile"]

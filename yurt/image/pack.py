@@ -19,7 +19,7 @@ from typing import Any
 
 from yurt.errors import ImageError
 from yurt.image.sif import DataType, FsType, PartType, SifObject, host_arch_code, write_sif
-from yurt.image.squashfs import mksquashfs, remove_tree
+from yurt.image.squashfs import DEFAULT_COMPRESSION, mksquashfs, remove_tree
 
 INSPECT_METADATA = "inspect-metadata.json"  # SIFDescInspectMetadataJSON in Apptainer
 OCI_CONFIG = "oci-config.json"  # SIFDescOCIConfigJSON in Apptainer
@@ -63,7 +63,7 @@ def build_sif(
     src_dir: str | os.PathLike[str],
     out_sif: str | os.PathLike[str],
     *,
-    compression: str = "gzip",
+    compression: str = DEFAULT_COMPRESSION,
     processors: int | None = None,
     mksquashfs_args: tuple[str, ...] | list[str] = (),
     deffile: bytes | None = None,

@@ -19,6 +19,11 @@ from collections.abc import Sequence
 from yurt.errors import ImageError
 
 COMPRESSIONS = ("gzip", "zstd", "lz4", "xz", "lzo")
+#: zstd at level 3 squashes a Debian tree about 10x faster than gzip (mksquashfs's gzip is single-stream
+#: per block and slow) for the same size, and is what ``yurt pull`` writes; ``--compression gzip`` remains
+#: for kernels and squashfuse builds without zstd (Linux < 4.14).
+DEFAULT_COMPRESSION = "zstd"
+ZSTD_LEVEL = 3
 _INSTALL_HINT = "install squashfs-tools"
 # unsquashfs reports these as non-fatal (exit 2) when run without privileges; they lose no data
 # an unprivileged container could use (the runtime bind-mounts the host's /dev anyway).
@@ -128,7 +133,7 @@ def mksquashfs(
     src_dir: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
     *,
-    compression: str = "gzip",
+    compression: str = DEFAULT_COMPRESSION,
     processors: int | None = None,
     extra_args: Sequence[str] = (),
     reproducible_epoch: int | None = None,
@@ -160,6 +165,8 @@ def mksquashfs(
         env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
     if all_root:
         cmd.append("-all-root")
+    if compression == "zstd" and "-Xcompression-level" not in extra_args:
+        cmd += ["-Xcompression-level", str(ZSTD_LEVEL)]  # mksquashfs's own default (15) is slow
     cmd += list(extra_args)
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
