@@ -221,10 +221,14 @@ ls {user_dir}/node-cache/unpacked | wc -l | sed 's/^/unpacked trees: /'
 
 
 def test_yurt_srun_front_end(mpi_images, slurm, test_user, user_dir):
+    """Pyxis-style: one container per node for the step (one user namespace), --mounts bound, MPI works."""
     r = srun_as(slurm, test_user, [*_yurt(test_user), "srun", "--image", str(mpi_images.ompi), "--mounts",
                                    f"{user_dir}:/data:ro", "-n", "2", "--mpi=pmix", "--", "sh", "-c",
-                                   "ls -d /data >/dev/null && exec mpiprog hello"], cwd=user_dir)
+                                   "ls -d /data >/dev/null && echo userns $(readlink /proc/self/ns/user) && "
+                                   "exec mpiprog hello"], cwd=user_dir)
     hello_ranks(r, 2)
+    namespaces = re.findall(r"^userns (\S+)$", r.stdout, re.M)
+    assert len(namespaces) == 2 and namespaces[0] == namespaces[1], r.stdout
 
 
 # --- bind model ------------------------------------------------------------------------------------

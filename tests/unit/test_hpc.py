@@ -104,6 +104,13 @@ def test_srun_front_end_splits_options():
     req.prestage = True
     assert srun.prestage_command(req, ["yurt"]) == ["srun", "-N2", "--ntasks-per-node=1", "yurt", "exec",
                                                     "--unsquash", "a.sif", "/bin/true"]
+    # One container per node for the step's ranks by default, as Pyxis; not with --no-sharens or limits.
+    assert srun.main_command(srun.parse(["--image", "a.sif", "-n", "2", "--", "app"], FLAGS), ["yurt"]) == [
+        "srun", "-n", "2", "yurt", "exec", "--sharens", "a.sif", "app"]
+    assert "--sharens" not in srun.main_command(srun.parse(["--image", "a.sif", "--no-sharens", "--", "app"],
+                                                           FLAGS), ["yurt"])
+    assert "--sharens" not in srun.main_command(srun.parse(["--image", "a.sif", "--memory", "1G", "--", "app"],
+                                                           FLAGS), ["yurt"])
     with pytest.raises(UsageError):
         srun.parse(["--image", "a.sif", "app"], FLAGS)  # no --
     with pytest.raises(UsageError):

@@ -4,15 +4,17 @@
 becomes ``srun [srun options] YURT exec [yurt exec options] IMG APP ARGS``: every task of the step is
 one container.  Options are sorted by name, since both programs have short options of their own:
 
-* ``--image``, ``--mounts`` (Pyxis' spelling of ``--bind``), ``--prestage`` and ``--yurt`` are
-  ``yurt srun``'s;
+* ``--image``, ``--mounts`` (Pyxis' spelling of ``--bind``), ``--prestage``, ``--no-sharens`` and
+  ``--yurt`` are ``yurt srun``'s;
 * every *long* ``yurt exec`` option (``--bind``, ``--contain``, ``--sharens``, ``--env``...) goes to
   ``yurt exec``, except ``--mpi``, which is srun's PMI plug-in; yurt's MPI model is ``--exec-mpi=host``
   (any exec option can be spelled ``--exec-NAME`` to be explicit);
 * everything else before ``--`` (``-n 4``, ``-N2``, ``--mpi=pmix``, ``--ntasks-per-node=8``) is srun's.
 
-Per-node set-up once per job step, not once per rank: ``--sharens`` makes the ranks of a step on a
-node share one container (one image mount, one user namespace); ``--prestage`` first runs
+Per-node set-up once per job step, not once per rank, as Pyxis does: ``yurt srun`` adds ``--sharens``,
+so the ranks of a step on a node share one container (one image mount, one user namespace, Open
+MPI's CMA single copy working); ``--no-sharens`` gives every rank its own (resource limits, which
+cannot be shared, imply it).  ``--prestage`` first runs
 ``srun --ntasks-per-node=1 YURT exec --unsquash IMG /bin/true`` in the allocation, which unpacks the
 image once into each node's local cache (``$YURT_LOCAL_CACHEDIR``), and then starts the ranks with
 ``--unsquash``, so they all reuse that tree.  A site prolog can do the same before the job starts
@@ -25,7 +27,9 @@ from yurt.errors import UsageError
 from yurt.record import Record
 
 OWN_VALUE = ("image", "mounts", "yurt")
-OWN_BOOL = ("prestage",)
+OWN_BOOL = ("prestage", "no-sharens")
+# yurt exec options that give each rank its own container (limits cannot apply to a shared one).
+UNSHARED = ("--memory", "--cpus", "--pids-limit", "--cpuset", "--cpuset-cpus", "--sharens")
 SRUN_OWNED = ("mpi", "help")  # long names yurt exec has too: srun's meaning wins unless spelled --exec-NAME
 # srun options that choose where a step runs; the pre-staging step gets the same ones.
 PLACEMENT = ("-N", "--nodes", "-w", "--nodelist", "-x", "--exclude", "-p", "--partition", "-A", "--account",
@@ -33,9 +37,9 @@ PLACEMENT = ("-N", "--nodes", "-w", "--nodelist", "-x", "--exclude", "-p", "--pa
 
 
 class SrunRequest(Record):
-    __slots__ = ("image", "mounts", "prestage", "yurt", "exec_args", "srun_args", "command")
+    __slots__ = ("image", "mounts", "prestage", "yurt", "exec_args", "srun_args", "command", "sharens")
     _defaults = {"mounts": list, "prestage": False, "yurt": None, "exec_args": list, "srun_args": list,
-                 "command": list}
+                 "command": list, "sharens": True}
     image: str
     mounts: list[str]
     prestage: bool
@@ -43,6 +47,7 @@ class SrunRequest(Record):
     exec_args: list[str]
     srun_args: list[str]
     command: list[str]
+    sharens: bool  # one container per node for the step's ranks (off: --no-sharens)
 
 
 def parse(argv: list[str], exec_flags: list) -> SrunRequest:
@@ -54,6 +59,7 @@ def parse(argv: list[str], exec_flags: list) -> SrunRequest:
     image = None
     mounts: list[str] = []
     prestage = False
+    sharens = True
     yurt = None
     exec_args: list[str] = []
     srun_args: list[str] = []
@@ -81,8 +87,10 @@ def parse(argv: list[str], exec_flags: list) -> SrunRequest:
                 import shlex
 
                 yurt = shlex.split(value)
-        elif name in OWN_BOOL:
+        elif name == "prestage":
             prestage = True
+        elif name == "no-sharens":
+            sharens = False
         elif explicit or (name in by_name and name not in SRUN_OWNED):
             flag = by_name[name[5:] if explicit else name]
             exec_args.append(f"--{flag.name}" + (f"={value}" if eq else ""))
@@ -100,7 +108,7 @@ def parse(argv: list[str], exec_flags: list) -> SrunRequest:
         raise UsageError("yurt srun needs --image IMG")
     if not command:
         raise UsageError("yurt srun needs a command after '--'")
-    return SrunRequest(image, mounts, prestage, yurt, exec_args, srun_args, command)
+    return SrunRequest(image, mounts, prestage, yurt, exec_args, srun_args, command, sharens)
 
 
 def exec_args(req: SrunRequest) -> list[str]:
@@ -109,6 +117,8 @@ def exec_args(req: SrunRequest) -> list[str]:
         out.append("--bind=" + ",".join(req.mounts))
     if req.prestage and "--unsquash" not in out:
         out.append("--unsquash")
+    if req.sharens and not any(a.split("=", 1)[0] in UNSHARED for a in out):
+        out.append("--sharens")
     return out
 
 
