@@ -210,9 +210,21 @@ def site_path(environ: dict[str, str] | os._Environ | None = None) -> tuple[str,
     override = env.get(SITE_OVERRIDE_ENV)
     if not override:
         return SITE_CONFIG, None
-    if os.path.lexists(SITE_CONFIG):
+    if _site_file_may_exist():
         return SITE_CONFIG, f"{SITE_OVERRIDE_ENV}={override} is ignored: {SITE_CONFIG} exists"
     return os.path.abspath(override), None
+
+
+def _site_file_may_exist() -> bool:
+    """Only a site file that is certainly absent lets ``YURT_SITE_CONFIG`` in: one we cannot even look
+    at (``/etc/yurt`` not searchable) may hold policy, so it counts as present (and reading it fails)."""
+    try:
+        os.lstat(SITE_CONFIG)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def user_path(environ: dict[str, str] | os._Environ | None = None) -> str:

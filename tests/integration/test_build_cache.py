@@ -33,6 +33,7 @@ Bootstrap: busybox
     rm /bin/vi
     echo changed > /etc/group.extra
     mkdir -p /var/lib/gone && touch /var/lib/gone/x && rm -r /var/lib/gone
+    touch /secret && chmod 000 /secret && mkdir /locked && touch /locked/in && chmod 000 /locked
 
 %runscript
     echo {word}; cat /opt/data/in.txt
@@ -91,6 +92,7 @@ def test_changed_late_step_reruns_only_from_there(yurt_cmd, tmp_path, env):
     r = _ok(yurt_cmd("build", tmp_path / "b.sif", recipe, env=env, timeout=300))
     assert _runs(counter) == 1 and "post-ran" not in r.stdout + r.stderr
     assert "%post: cached" in r.stderr and "restoring the cached steps" in r.stderr
+    assert "warning" not in r.stderr  # mode-000 files and directories are recorded and restored too
     # The tree restored from the cached layers is what %post left: additions, changes and removals.
     script = ("cat /opt/made /etc/group.extra; test ! -e /bin/vi && echo vi-gone; test ! -e /var/lib/gone && "
               "echo dir-gone; test -x /bin/sh && echo sh-ok; /.singularity.d/runscript")

@@ -206,6 +206,7 @@ class BuildCache:
 
         self.store = store or Store()
         self.read = read
+        self.writable = True  # cleared when an entry cannot be written: the build goes on without recording
         self.root = self.store.root / "build"
 
     def entry(self, key: str) -> Path:

@@ -108,8 +108,13 @@ def place(sources: list[tuple[str, bool]], root: str, dest: str, into_dir: bool,
     if owner is None and chmod is None:
         return
     for path in copied:
-        top = existing_in_root(root, path)
-        if top is None:
+        # The copy itself, never what it points to: a copied symlink may lead anywhere in the image.
+        parent, _, name = path.rstrip("/").rpartition("/")
+        directory = existing_in_root(root, parent or "/")
+        if directory is None or not name:
+            continue
+        top = os.path.join(directory, name)
+        if not os.path.lexists(top):
             continue
         _fix(top, owner, chmod)
         if os.path.isdir(top) and not os.path.islink(top):
@@ -165,20 +170,32 @@ def _lookup_ids(root: str, spec: str, where: str) -> tuple[int, int]:
 
 
 def _user_ids(root: str, user: str, where: str) -> tuple[list[int], str]:
-    """``USER name[:group]`` -> ``[uid, gid, *supplementary gids]`` and the home directory, from the image."""
-    uid, gid = _lookup_ids(root, user, where)
-    name = user.partition(":")[0]
-    home = "/"
-    groups: list[int] = []
-    for path, handle in (("/etc/passwd", "passwd"), ("/etc/group", "group")):
-        raw = layout.read_file(root, path, 8 << 20)
-        for line in (raw or b"").decode("utf-8", "replace").splitlines():
-            parts = line.split(":")
-            if handle == "passwd" and len(parts) > 5 and (parts[0] == name or parts[2] == str(uid)):
-                name, home = parts[0], parts[5] or "/"
-            elif handle == "group" and len(parts) > 3 and name in parts[3].split(",") and parts[2].isdigit():
-                groups.append(int(parts[2]))
+    """``USER name|uid[:group|gid]`` -> ``[uid, gid, *supplementary gids]`` and the home directory.
+
+    As runc does: the primary group is the passwd entry's (0 for a uid with no entry) unless a
+    group is given; the supplementary groups are those of /etc/group listing the user's name.
+    """
+    name, _, group = user.partition(":")
+    passwd = [line.split(":") for line in _image_text(root, "/etc/passwd").splitlines()]
+    entry = next((p for p in passwd if len(p) > 5 and (p[0] == name or (name.isdigit() and p[2] == name))), None)
+    if entry is None and not name.isdigit():
+        raise BuildError(f"{where} USER {user}: no user {name!r} in the image's /etc/passwd")
+    uid = int(name) if name.isdigit() else int(entry[2]) if entry[2].isdigit() else 0
+    gid = int(entry[3]) if entry is not None and entry[3].isdigit() else 0
+    if group:
+        gid = _lookup_ids(root, f"{uid}:{group}", where)[1]
+    login = entry[0] if entry is not None else None
+    groups = []
+    for line in _image_text(root, "/etc/group").splitlines():
+        parts = line.split(":")
+        if login and len(parts) > 3 and login in parts[3].split(",") and parts[2].isdigit():
+            groups.append(int(parts[2]))
+    home = entry[5] if entry is not None and entry[5] else "/"
     return [uid, gid, *sorted(set(groups) - {gid})], home
+
+
+def _image_text(root: str, path: str) -> str:
+    return (layout.read_file(root, path, 8 << 20) or b"").decode("utf-8", "replace")
 
 
 def _parse_chmod(value: str, where: str) -> int:
@@ -404,9 +421,9 @@ class _DockerBuild:
                 elif os.path.isdir(full):
                     self.stage_context_dir(rel, slot)
                     items.append((slot, True))
-                else:
+                else:  # a top-level symlink is followed, as BuildKit does (copy_sources kept it in the context)
                     target = os.path.join(slot, os.path.basename(rel))
-                    shutil.copy2(full, target, follow_symlinks=False)
+                    shutil.copy2(full, target)
                     items.append((target, False))
             try:
                 self.place(tree, items, dest_abs, into_dir, ins, where)
@@ -468,8 +485,10 @@ class _DockerBuild:
         top = df._clean(rel).lstrip("/") or "."
         for path in self.matcher.walk(self.context, top):
             full = os.path.join(self.context, path)
-            if os.path.isdir(full) and not os.path.islink(full):
-                h.update(f"D {path} {os.stat(full).st_mode & 0o7777:o}\0".encode())
+            if os.path.islink(full):  # copied as a link: its text is what matters, never where it leads
+                h.update(f"L {path} {os.readlink(full)}\0".encode())
+            elif os.path.isdir(full):
+                h.update(f"D {path} {os.lstat(full).st_mode & 0o7777:o}\0".encode())
             else:
                 h.update(f"{path} {tree_digest(full)}\0".encode())
         return "sha256:" + h.hexdigest()

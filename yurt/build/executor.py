@@ -113,14 +113,24 @@ class Runner:
             code = 1
             try:
                 os.close(r)
-                helper = idmap.NewIdMapHelper(self.uid_maps, self.gid_maps)
-                try:
-                    sc.unshare(sc.CLONE_NEWUSER)
-                except OSError as e:
-                    helper.cancel()
-                    raise BuildError(f"cannot create a user namespace: {e.strerror}")
-                if not helper.finish():
-                    raise BuildError("newuidmap/newgidmap failed to map the subuid range")
+                if self.mode == SINGLE:  # our own id as root: written by ourselves, no helper
+                    from yurt.spec import IDMapping
+
+                    uid, gid = os.getuid(), os.getgid()
+                    try:
+                        sc.unshare(sc.CLONE_NEWUSER)
+                    except OSError as e:
+                        raise BuildError(f"cannot create a user namespace: {e.strerror}")
+                    idmap.write_own_maps([IDMapping(0, uid, 1)], [IDMapping(0, gid, 1)])
+                else:
+                    helper = idmap.NewIdMapHelper(self.uid_maps, self.gid_maps)
+                    try:
+                        sc.unshare(sc.CLONE_NEWUSER)
+                    except OSError as e:
+                        helper.cancel()
+                        raise BuildError(f"cannot create a user namespace: {e.strerror}")
+                    if not helper.finish():
+                        raise BuildError("newuidmap/newgidmap failed to map the subuid range")
                 func(*args, **kwargs)
                 code = 0
             except YurtError as e:
@@ -148,6 +158,15 @@ class Runner:
         if status != 0:
             message = b"".join(chunks).decode("utf-8", "replace").strip()
             raise BuildError(message or f"a build step in the user namespace failed ({_exit_text(status)})")
+
+    def as_root(self, func, *args, **kwargs):
+        """Like :meth:`call`, but with a single-id fakeroot too in a user namespace where the builder is
+        root: reading the whole tree (build-cache scans and layers) must not stop at a file a step left
+        mode 000.  As :meth:`call`, the result is returned only when ``func`` runs here."""
+        if self.mode != SINGLE:
+            return self.call(func, *args, **kwargs)
+        self._in_userns(func, args, kwargs)
+        return None
 
     def run(self, argv: list[str], *, what: str, env: dict | None = None, cwd: str | None = None) -> None:
         """Run a command (output streams through); BuildError naming ``what`` when it fails."""
@@ -398,13 +417,14 @@ class Tree:
         _say(f"{self.label}{what}")
         self.materialize()
         extra = action() or {}
-        if b.cache is not None:
+        if b.cache is not None and b.cache.writable:
             try:
-                b.cache.commit(key, self.key, what, lambda layer: b.runner.call(cache.write_layer, self.path,
-                                                                               self.state, layer), extra)
+                b.cache.commit(key, self.key, what, lambda layer: b.runner.as_root(cache.write_layer, self.path,
+                                                                                  self.state, layer), extra)
             except (YurtError, OSError) as e:
-                sys.stderr.write(f"yurt: warning: build cache disabled for the rest of this build: {e}\n")
-                b.cache = None
+                # What is cached stays usable (trees behind can still be restored); nothing more is written.
+                sys.stderr.write(f"yurt: warning: the build cache records no more steps of this build: {e}\n")
+                b.cache.writable = False
         self.key, self.current = key, True
         return extra
 
@@ -418,9 +438,9 @@ class Tree:
         if os.path.lexists(self.path):
             b.runner.remove(self.path)
         _say(f"{self.label}restoring the cached steps")
-        b.runner.call(cache.restore, b.cache.layers(self.key), self.path)
-        if b.cache is not None:
-            b.runner.call(cache.record_state, self.path, self.state)
+        b.runner.as_root(cache.restore, b.cache.layers(self.key), self.path)
+        if b.cache.writable:
+            b.runner.as_root(cache.record_state, self.path, self.state)
         self.current = True
 
 
@@ -832,7 +852,7 @@ def finish(b, last: Tree, out: str, *, sandbox: bool, compression: str, mksquash
 
     runner.call(pack.build_sif, last.path, out, compression=compression, mksquashfs_args=list(mksquashfs_args),
                 deffile=deffile, labels=b.labels, oci_config=b.oci_config, all_root=runner.mode == SINGLE)
-    if b.cache is not None and last.key:
+    if b.cache is not None and b.cache.writable and last.key:
         b.cache.keep_image(last.key, pack_key, out)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from yurt.cli.options import Flag, parse, parse_command, usage
@@ -68,12 +69,14 @@ def start(argv: list[str], ctx) -> int:
     from yurt.runtime import instances
 
     image_ref, name, args = positionals[0], positionals[1], positionals[2:]
+    if os.path.exists(image_ref):  # a local image: joins may come from another directory
+        image_ref = os.path.abspath(image_ref)
     instances.check_name(name)
     values.update(pid=True, sharens=False, shell=None, no_init=False)
     spec, image = plan_from("exec", values, [image_ref, instances.STARTSCRIPT, *args], ctx)
     spec.annotations["yurt.action"] = "instance"
     doc = instances.start(spec, lambda: _rootfs_for(image, values["unsquash"], ctx.debug), name, image.path,
-                          {k: values.get(k) for k in JOIN_OPTIONS})
+                          {k: values.get(k) for k in JOIN_OPTIONS}, image_ref=image_ref)
     if not ctx.quiet:
         print(f"instance {name} started (pid {doc['pid']}); logs: {doc['stdout']}, {doc['stderr']}")
     return 0
@@ -106,6 +109,8 @@ def _signal_number(raw: str) -> int:
 
     text = raw.strip().upper()
     if text.isdigit():
+        if int(text) not in signal.valid_signals():
+            raise UsageError(f"unknown signal {raw!r}", "use a name such as TERM, INT, KILL or a number from 1 to 64")
         return int(text)
     try:
         return int(signal.Signals[text if text.startswith("SIG") else "SIG" + text])
@@ -154,7 +159,10 @@ def join_instance(command: str, values: dict, positionals: list[str], ctx) -> No
             values[k] = [] if isinstance(values[k], list) else (None if k in ("memory", "cpus", "pids_limit",
                                                                                 "cpuset", "hostname") else False)
     values.update({k: v for k, v in (doc.get("options") or {}).items() if k in JOIN_OPTIONS})
-    spec, _ = plan_from(command, values, [str(doc.get("image") or ""), *positionals[1:]], ctx)
+    # Planned with what the user named at start (docker://..., oci:...), so the site's image rules see
+    # the same thing as then, not the cache file behind it.
+    image_ref = str(doc.get("image_ref") or doc.get("image") or "")
+    spec, _ = plan_from(command, values, [image_ref, *positionals[1:]], ctx)
     spec.process.env.update({"YURT_INSTANCE": name, "APPTAINER_INSTANCE": name, "SINGULARITY_INSTANCE": name})
     sys.stdout.flush()
     join.exec_in(spec, target)

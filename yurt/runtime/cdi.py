@@ -137,8 +137,12 @@ def resolve(requested: list[str], dirs: list[str]) -> list[tuple[str, dict]]:
     return edits
 
 
-def apply_edits(spec: ContainerSpec, edits: list[tuple[str, dict]]) -> None:
-    """Carry ``containerEdits`` over into the spec (environment, device nodes, mounts, hooks)."""
+def apply_edits(spec: ContainerSpec, edits: list[tuple[str, dict]], site=None) -> None:
+    """Carry ``containerEdits`` over into the spec (environment, device nodes, mounts, hooks).
+
+    ``site`` (a :class:`yurt.config.Config`) checks every host path against the site's denied
+    binds: a CDI spec a user wrote is no way around them.
+    """
     for where, e in edits:
         if not isinstance(e, dict):
             raise UsageError(f"bad containerEdits in CDI spec {where}")
@@ -150,17 +154,29 @@ def apply_edits(spec: ContainerSpec, edits: list[tuple[str, dict]]) -> None:
             spec.extras.inject_env[key] = value  # wins over the image's env scripts too
         nodes = []
         for node in e.get("deviceNodes") or []:
+            if not isinstance(node, dict):
+                raise UsageError(f"bad deviceNodes entry {node!r} in CDI spec {where}")
             path = node.get("path")
             if not isinstance(path, str) or not path.startswith("/"):
                 raise UsageError(f"bad deviceNodes entry {node!r} in CDI spec {where}")
             host = node.get("hostPath") or path
             if not os.path.exists(host):
                 raise UsageError(f"CDI device node {host} does not exist on this host", f"from {where}")
+            if site is not None:
+                site.check_bind(host, f"CDI device node (from {where})")
             nodes.append((host, path))
         gpu.add_device_nodes(spec, nodes)
         for m in e.get("mounts") or []:
-            spec.mounts.append(_mount(m, where))
+            mount = _mount(m, where)
+            if site is not None and mount.kind == "bind":
+                site.check_bind(mount.source, f"CDI mount (from {where})")
+            spec.mounts.append(mount)
         for h in e.get("hooks") or []:
+            if not isinstance(h, dict):
+                raise UsageError(f"bad hook {h!r} in CDI spec {where}")
+            timeout = h.get("timeout")
+            if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0):
+                raise UsageError(f"bad hook timeout {timeout!r} in CDI spec {where}", "a whole number of seconds")
             stage = h.get("hookName")
             if stage not in HOOK_STAGES or not str(h.get("path", "")).startswith("/"):
                 raise UsageError(f"bad hook {h!r} in CDI spec {where}", f"hookName is one of {', '.join(HOOK_STAGES)}")
@@ -170,6 +186,8 @@ def apply_edits(spec: ContainerSpec, edits: list[tuple[str, dict]]) -> None:
 
 
 def _mount(m: dict, where: str) -> Mount:
+    if not isinstance(m, dict):
+        raise UsageError(f"bad mounts entry {m!r} in CDI spec {where}")
     host, dest = m.get("hostPath"), m.get("containerPath")
     if not isinstance(host, str) or not isinstance(dest, str) or not dest.startswith("/"):
         raise UsageError(f"bad mounts entry {m!r} in CDI spec {where}")
@@ -184,6 +202,6 @@ def _mount(m: dict, where: str) -> Mount:
     raise UsageError(f"CDI mount type {kind!r} in {where} is not supported", "yurt supports bind and tmpfs")
 
 
-def apply(spec: ContainerSpec, requested: list[str], dirs: list[str]) -> None:
-    apply_edits(spec, resolve(requested, dirs))
+def apply(spec: ContainerSpec, requested: list[str], dirs: list[str], site=None) -> None:
+    apply_edits(spec, resolve(requested, dirs), site)
     spec.annotations["yurt.devices"] = ",".join(requested)

@@ -59,6 +59,8 @@ def parse_memory(text: str) -> int:
     try:
         value = float(number) * _SUFFIXES[unit]
     except ValueError:
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")) or value > 1 << 62:  # nan, inf, absurd
         raise UsageError(f"bad memory size {text!r}", "use a number with an optional unit: 512M, 2G")
     if value < 1 << 20:
         raise UsageError(f"--memory {text} is too small", "give at least 1M")
@@ -414,11 +416,12 @@ def apply(spec: ContainerSpec) -> Cgroup | None:
     return cg if cg.paths else None
 
 
-def enter(spec: ContainerSpec, rootfs: Rootfs) -> None:
+def enter(spec: ContainerSpec, rootfs: Rootfs, on_parent=None) -> None:
     """Put the rest of the launch into the container's cgroup; the caller stays outside to clean up.
 
-    Returns in the child (inside the cgroup).  The parent never returns: it waits for the
-    child, forwarding signals, removes the cgroup and exits with the child's status.
+    Returns in the child (inside the cgroup).  The parent never returns: it calls ``on_parent``
+    (e.g. to close its copy of the OCI hooks' channel), waits for the child, forwarding
+    signals, removes the cgroup and exits with the child's status.
     """
     cg = apply(spec)
     if cg is None:
@@ -435,6 +438,8 @@ def enter(spec: ContainerSpec, rootfs: Rootfs) -> None:
             raise CgroupError(f"cannot move into the container's cgroup: {e.strerror}")
         return
     rootfs.abandon()
+    if on_parent is not None:
+        on_parent()
     status = supervisor.supervise(pid)
     if cg.oom_killed():
         from yurt.image.rootfs import notice

@@ -207,7 +207,7 @@ def load(path: str) -> HookDefinition:
 
 def integrate(spec: ContainerSpec, *, nv: bool = False, rocm: bool = False, mpi: str | None = None,
               devices: list[str] | None = None, cdi_dirs: list[str] | None = None, hooks_dirs: list[str] | None = None,
-              has_bind_mounts: bool = False, env: dict[str, str] | None = None) -> ContainerSpec:
+              has_bind_mounts: bool = False, env: dict[str, str] | None = None, site=None) -> ContainerSpec:
     """Add devices (CDI, built-in MPI/GPU/network integrations) and the matching OCI hooks to ``spec``.
 
     ``mpi``: None (not an MPI rank), ``hybrid`` (the image's MPI) or ``host`` (bind the host's).
@@ -222,7 +222,7 @@ def integrate(spec: ContainerSpec, *, nv: bool = False, rocm: bool = False, mpi:
     if devices:
         from yurt.runtime import cdi
 
-        cdi.apply(spec, devices, cdi.cdi_dirs(cdi_dirs))
+        cdi.apply(spec, devices, cdi.cdi_dirs(cdi_dirs), site)
     for name, path in collect(site_dir(env), [user_dir(env), *(hooks_dirs or [])]):
         if path is None:
             _builtin(name, spec, env, nv=nv, rocm=rocm, mpi=mpi)

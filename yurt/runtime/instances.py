@@ -79,12 +79,13 @@ def _live(name: str) -> tuple[dict | None, join.Target | None]:
 
 
 def start(spec: ContainerSpec, make_rootfs: Callable[[], Rootfs], name: str, image: str,
-          options: dict | None = None) -> dict:
+          options: dict | None = None, image_ref: str | None = None) -> dict:
     """Start instance ``name``; returns its record once the container is up.
 
     ``options``: the start options a later join must plan with too (identity, home, containment).
     """
     check_name(name)
+    join.refuse_hooks(spec, "yurt instance")
     if NS_PID not in spec.namespaces:
         spec.namespaces.append(NS_PID)
     spec.process.env.update({"YURT_INSTANCE": name, "APPTAINER_INSTANCE": name, "SINGULARITY_INSTANCE": name})
@@ -109,7 +110,8 @@ def start(spec: ContainerSpec, make_rootfs: Callable[[], Rootfs], name: str, ima
             if cgroup is not None:
                 cgroup.destroy()
             raise
-        doc = {"name": name, **target.to_json(), "image": image, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        doc = {"name": name, **target.to_json(), "image": image, "image_ref": image_ref or image,
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "user": os.getuid(), "stdout": out, "stderr": err, "args": list(spec.process.args[1:]),
                "options": dict(options or {})}
         join.write_json(state, doc)

@@ -34,10 +34,13 @@ State directory (:func:`state_dir`): ``$YURT_RUNTIMEDIR``, else ``$XDG_RUNTIME_D
 
 from __future__ import annotations
 
+import fcntl  # these three are used after pivot_root, where nothing may be imported
 import os
+import signal
 
 from yurt.errors import RuntimeSetupError, UsageError, YurtError
 from yurt.record import Record
+from yurt.runtime import supervisor
 from yurt.spec import NS_PID, ContainerSpec
 
 TYPE_CHECKING = False
@@ -242,6 +245,14 @@ class HolderOptions(Record):
     close_fds: list[int]  # the starter's lock descriptors: the holder must not keep them locked
 
 
+def refuse_hooks(spec: ContainerSpec, what: str) -> None:
+    """OCI hooks are not run for held containers yet: refuse rather than skip the site's hooks silently."""
+    paths = sorted({h.path for hs in spec.hooks.values() for h in hs})
+    if paths:
+        raise UsageError(f"{what} cannot run the OCI hooks this container gets ({', '.join(paths)}) yet",
+                         f"run it without {what}, or leave those hooks out (see yurt/runtime/hooks.py)")
+
+
 def spawn_holder(spec: ContainerSpec, rootfs: Rootfs, opts: HolderOptions) -> int:
     """Start a detached holder of a new container; return the pid to join once it is ready."""
     r, w = os.pipe()
@@ -288,10 +299,7 @@ def _tell(fd: int, message: str) -> None:
 
 
 def _holder_main(spec: ContainerSpec, rootfs: Rootfs, opts: HolderOptions, w: int) -> None:
-    import fcntl  # noqa: F401 - used after pivot_root, where nothing can be imported
-    import signal  # noqa: F401
-
-    from yurt.runtime import launcher, supervisor
+    from yurt.runtime import launcher
     from yurt.runtime.mounts import MountExecutor
 
     for fd in opts.close_fds:
@@ -362,10 +370,6 @@ def _reap(child: int) -> tuple[bool, int | None]:
 
 def _instance_init(child: int) -> NoReturn:
     """PID 1 of an instance: reap, relay signals; a stop signal goes to everyone, then we leave."""
-    import signal
-
-    from yurt.runtime import supervisor
-
     stopping = False
     while True:
         info = signal.sigwaitinfo(supervisor.WATCHED)
@@ -380,10 +384,11 @@ def _instance_init(child: int) -> NoReturn:
             continue
         if sig in _STOP_SIGNALS:
             stopping = True
-            try:
-                os.kill(-1, sig)  # every process of this PID namespace but us
-            except ProcessLookupError:
-                pass
+            if os.getpid() == 1:  # kill(-1) from a PID namespace's init reaches only the container
+                try:
+                    os.kill(-1, sig)
+                except ProcessLookupError:
+                    pass
             left, _ = _reap(child)
             if not left:
                 os._exit(0)
@@ -396,20 +401,16 @@ def _instance_init(child: int) -> NoReturn:
 
 def _sharens_holder(opts: HolderOptions) -> NoReturn:
     """Wait until no rank holds the tag's reference lock, then clean up under the tag lock and exit."""
-    import fcntl
-    import signal
-
-    from yurt.runtime import supervisor
-
     d, key = opts.dir_fd, opts.tag_key
     ref = os.open(f"{key}.ref", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600, dir_fd=d)
     while True:
         info = signal.sigtimedwait(supervisor.WATCHED, HOLDER_POLL_S)
         if info is not None and info.si_signo in _STOP_SIGNALS:
-            try:
-                os.kill(-1, info.si_signo)  # only reaches anything when we are a PID namespace's init
-            except OSError:
-                pass
+            if os.getpid() == 1:  # a PID namespace's init: kill(-1) reaches only the container's processes
+                try:
+                    os.kill(-1, info.si_signo)
+                except OSError:
+                    pass
             break
         _reap(0)
         lock = os.open(f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600, dir_fd=d)
@@ -460,12 +461,12 @@ def tag_key(tag: str) -> str:
 
 def sharens_launch(spec: ContainerSpec, make_rootfs: Callable[[], Rootfs], tag: str | None) -> NoReturn:
     """Join (creating it if needed) the container shared by every process started with ``tag``."""
-    import fcntl
 
     from yurt.store.locks import acquire
 
     if not tag:
         raise UsageError("--sharens needs a tag outside Slurm and PMIx launches", "add --sharens-tag NAME")
+    refuse_hooks(spec, "--sharens")
     if spec.resources is not None and spec.resources.any():
         raise UsageError("resource limits cannot be combined with --sharens",
                          "limit the job through the resource manager instead")

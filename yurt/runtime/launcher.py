@@ -49,7 +49,9 @@ def launch(spec: ContainerSpec, rootfs: Rootfs) -> NoReturn:
     if spec.resources is not None:
         from yurt.runtime import cgroups
 
-        cgroups.enter(spec, rootfs)  # a supervisor stays outside; we go on inside the container's cgroup
+        # A supervisor stays outside; we go on inside the container's cgroup.  The supervisor must not keep
+        # the hooks' channel open: its end tells the runtime side when the payload has started.
+        cgroups.enter(spec, rootfs, plan.hooks.close_channel if plan.hooks is not None else None)
     create_namespaces(spec, rootfs)
     if spec.has(NS_PID):
         _run_with_pid_namespace(spec, rootfs, plan)

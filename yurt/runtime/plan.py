@@ -322,10 +322,12 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None, c
         mpi = "host"
     elif req.mpi != "none" and any(k in host_env for k in MPI_RANK_MARKERS):
         mpi = "hybrid"
+    if not req.site:
+        return spec  # build steps: no site binds, hooks, devices or MPI/network integrations (as Apptainer)
     from yurt.runtime.hooks import integrate  # MPI, GPUs, CDI devices, network, OCI hooks
 
     return integrate(spec, nv=req.nv, rocm=req.rocm, mpi=mpi, devices=req.devices, cdi_dirs=req.cdi_dirs,
-                     hooks_dirs=req.hooks_dirs, has_bind_mounts=bool(req.binds), env=host_env)
+                     hooks_dirs=req.hooks_dirs, has_bind_mounts=bool(req.binds), env=host_env, site=site)
 
 
 # The host's own system trees are never bound over the image's as "the working directory":
