@@ -214,7 +214,9 @@ def test_user_applies_to_later_run_steps(yurt_cmd, tmp_path, env, context, base)
                   "RUN echo 'app:x:1234:1234::/home/app:/bin/sh' >> /etc/passwd && echo 'app:x:1234:' >> /etc/group "
                   "&& echo 'extra:x:2000:app' >> /etc/group && mkdir -p /home/app && chown 1234:1234 /home/app\n"
                   "USER app\n"
-                  "RUN id -u > /tmp/uid; id -G > /tmp/groups; echo $HOME > /tmp/home; touch /home/app/mine\n"
+                  "WORKDIR /work/app\n"
+                  "RUN id -u > /tmp/uid; id -G > /tmp/groups; echo $HOME > /tmp/home; touch /home/app/mine; "
+                  "touch /work/app/made-by-app\n"
                   "USER root\n"
                   "RUN cp /tmp/uid /tmp/groups / && cp /tmp/home /home-dir && id -u > /root-uid\n")
     r = _build(yurt_cmd, tmp_path, env, context, dockerfile=dockerfile)
@@ -249,3 +251,18 @@ def test_add_url_downloads_into_the_image(yurt_cmd, tmp_path, env, context, base
         assert missing.returncode != 0 and "Dockerfile:2: ADD" in missing.stderr and "404" in missing.stderr
     finally:
         server.shutdown()
+
+
+def test_add_sniffs_archives_by_content_and_keeps_their_modes(yurt_cmd, tmp_path, env, context, base):
+    src = tmp_path / "tool"
+    src.mkdir()
+    (src / "run.sh").write_text("#!/bin/sh\necho tool\n")
+    (src / "run.sh").chmod(0o750)
+    with tarfile.open(context / "tool.bin", "w:gz") as tar:  # an archive without an archive's name
+        tar.add(src / "run.sh", arcname="run.sh")
+    (context / "notes.tar.gz").write_text("not an archive\n")  # the name lies: copied as it is
+    dockerfile = f"FROM {base}\nADD tool.bin /opt/tool/\nADD notes.tar.gz /opt/\n"
+    ok(_build(yurt_cmd, tmp_path, env, context, dockerfile=dockerfile))
+    out = ok(yurt_cmd("exec", "--fakeroot", tmp_path / "img.sif", "sh", "-c",
+                      "stat -c %a /opt/tool/run.sh; /opt/tool/run.sh; cat /opt/notes.tar.gz", env=env)).stdout
+    assert out == "750\ntool\nnot an archive\n"

@@ -283,9 +283,15 @@ class BuildCache:
         from yurt.store.atomic import copy_file
 
         final = self.image_path(key, pack_key)
-        if final.parent.is_dir():
+        if not final.parent.is_dir():
+            return
+        tmp = self.store._tmp_name("build-image")  # in tmp/: a copy cut short is swept by `yurt cache clean`
+        try:
+            copy_file(sif, tmp, 0o644)
+            os.replace(tmp, final)
+        except OSError:
             try:
-                copy_file(sif, final, 0o644)
+                os.unlink(tmp)
             except OSError:
                 pass
 

@@ -130,13 +130,31 @@ def _fix(path: str, owner: tuple[int, int] | None, chmod: int | None) -> None:
         os.chmod(path, chmod)
 
 
+_ARCHIVE_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd", b"\x04\x22\x4d\x18")
+
+
+def is_archive(path: str) -> bool:
+    """Whether ADD unpacks ``path``: a tar, plain or gzip/bzip2/xz/zstd/lz4-compressed, told by its content
+    (as Docker does: a file merely named ``.tar.gz`` is copied as it is)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    return head.startswith(_ARCHIVE_MAGIC) or head[257:262] == b"ustar"
+
+
 def extract_archive(archive: str, dest: str) -> None:
-    """ADD's local archive: unpacked (compression sniffed by tar) into the private staging directory."""
+    """ADD's local archive: unpacked (compression sniffed by tar) into the private staging directory.
+
+    Modes are kept as the archive has them (not our umask); owners become root's when the staged
+    files are copied into the tree.
+    """
     import subprocess
 
     os.makedirs(dest, exist_ok=True)
     proc = subprocess.run(["tar", "--extract", f"--file={archive}", f"--directory={dest}", "--no-same-owner",
-                           "--no-same-permissions"], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+                           "--same-permissions"], stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BuildError(f"ADD: cannot unpack {os.path.basename(archive)}: {proc.stderr.strip()[-300:]}")
 
@@ -196,6 +214,12 @@ def _user_ids(root: str, user: str, where: str) -> tuple[list[int], str]:
 
 def _image_text(root: str, path: str) -> str:
     return (layout.read_file(root, path, 8 << 20) or b"").decode("utf-8", "replace")
+
+
+def _make_dir(root: str, path: str, owner: tuple[int, int] | None) -> None:
+    target = layout.ensure_dir(root, path)
+    if owner is not None:
+        os.lchown(target, *owner)
 
 
 def _parse_chmod(value: str, where: str) -> int:
@@ -303,14 +327,27 @@ class _DockerBuild:
             elif ins.cmd in ("COPY", "ADD"):
                 self.copy_step(tree, ins, before, where)
             elif ins.cmd == "WORKDIR":
-                path = df.image_config(_prefix(stage, k + 1), base_config)["WorkingDir"]
-                tree.step("workdir", {"path": path}, f"WORKDIR {path}",
-                          lambda path=path: self.runner.call(layout.ensure_dir, tree.path, path))
+                self.workdir_step(tree, df.image_config(_prefix(stage, k + 1), base_config), where)
         config = df.image_config(stage, base_config)
         self.configs[stage.index] = config
         self.trees[stage.index] = tree
         if last:
             self.finish_stage(tree, config)
+
+    # -- WORKDIR --
+
+    def workdir_step(self, tree: Tree, config: dict, where: str) -> None:
+        """Create the directory if it is missing; owned by the USER in effect, as BuildKit does."""
+        path = config["WorkingDir"]
+        user = config.get("User") or ""
+        as_user = user not in ("", "root", "0", "0:0", "root:root") and self.runner.mode != SINGLE
+
+        def do_workdir() -> None:
+            missing = existing_in_root(tree.path, path) is None
+            owner = tuple(_user_ids(tree.path, user, where)[0][:2]) if as_user and missing else None
+            self.runner.call(_make_dir, tree.path, path, owner)
+
+        tree.step("workdir", {"path": path, "user": user if as_user else None}, f"WORKDIR {path}", do_workdir)
 
     # -- RUN --
 
@@ -415,7 +452,7 @@ class _DockerBuild:
                     shutil.copyfile(self.download(rel, where)[0], target)
                     os.chmod(target, 0o600)
                     items.append((target, False))
-                elif ins.cmd == "ADD" and df._ARCHIVE.search(rel) and os.path.isfile(full):
+                elif ins.cmd == "ADD" and os.path.isfile(full) and is_archive(full):
                     extract_archive(full, slot)
                     items.append((slot, True))
                 elif os.path.isdir(full):

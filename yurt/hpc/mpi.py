@@ -396,7 +396,7 @@ def pmix_dirs(env: dict[str, str]) -> list[str]:
     return out
 
 
-def hybrid_edits(spec, host_env: dict[str, str], *, shared_userns: bool = False) -> None:
+def hybrid_edits(spec, host_env: dict[str, str]) -> None:
     """PMIx directories, and the vader single-copy setting when ranks get one user namespace each."""
     from yurt.spec import NS_USER, Mount
 
@@ -408,7 +408,7 @@ def hybrid_edits(spec, host_env: dict[str, str], *, shared_userns: bool = False)
             spec.mounts.append(Mount(d, "bind", d, ["if-not-visible"], optional=True))
     local = host_env.get("OMPI_COMM_WORLD_LOCAL_SIZE") or host_env.get("SLURM_STEP_TASKS_PER_NODE", "")
     alone = local.strip() == "1"
-    if (spec.has(NS_USER) and not shared_userns and not alone and SINGLE_COPY not in host_env
+    if (spec.has(NS_USER) and not alone and SINGLE_COPY not in host_env
             and SINGLE_COPY not in spec.process.env):
         spec.process.env[SINGLE_COPY] = "none"
         spec.annotations[SINGLE_COPY_ANNOTATION] = "none"

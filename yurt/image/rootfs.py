@@ -281,7 +281,8 @@ class ExtractedSquashfs(Rootfs):
         lock_dir = os.path.join(os.path.dirname(os.path.dirname(final)), "locks")
         os.makedirs(lock_dir, mode=0o700, exist_ok=True)
         try:
-            fd = acquire(os.path.join(lock_dir, f"unpack-{os.path.basename(final)}.lock"), shared=False,
+            # The tree's lock in the store (Store.unpacked_lock), which `yurt cache clean` also takes.
+            fd = acquire(os.path.join(lock_dir, f"unpacked-{os.path.basename(final)}.lock"), shared=False,
                          timeout=None, what=f"the unpacking of {os.path.basename(self.path)}")
         except LocksUnsupported:
             fd = None  # each process unpacks; the first rename wins
