@@ -266,3 +266,11 @@ def test_add_sniffs_archives_by_content_and_keeps_their_modes(yurt_cmd, tmp_path
     out = ok(yurt_cmd("exec", "--fakeroot", tmp_path / "img.sif", "sh", "-c",
                       "stat -c %a /opt/tool/run.sh; /opt/tool/run.sh; cat /opt/notes.tar.gz", env=env)).stdout
     assert out == "750\ntool\nnot an archive\n"
+
+
+def test_copy_from_an_image(yurt_cmd, tmp_path, env, context, base):
+    dockerfile = f"FROM {base}\nCOPY --from={base} /bin/busybox /opt/busybox\nRUN /opt/busybox true\n"
+    ok(_build(yurt_cmd, tmp_path, env, context, dockerfile=dockerfile))
+    assert ok(yurt_cmd("exec", tmp_path / "img.sif", "/opt/busybox", "echo", "copied", env=env)).stdout == "copied\n"
+    again = ok(_build(yurt_cmd, tmp_path, env, context, dockerfile=dockerfile, out="again.sif"))
+    assert f"COPY --from={base} /bin/busybox /opt/busybox: cached" in again.stderr

@@ -72,6 +72,26 @@ def test_host_closure_leaves_glibc_to_the_image():
     assert not found.unresolved
 
 
+def test_host_library_found_on_ld_library_path_first(tmp_path):
+    """A module-loaded MPI lives on LD_LIBRARY_PATH, not in the ld.so cache: it is found there first."""
+    from yurt.runtime.gpu import ld_cache
+
+    cache = dict(reversed(ld_cache("/")))
+    real = cache.get("libmpi.so.40")
+    if real is None:
+        pytest.skip("no host Open MPI library (libopenmpi3)")
+    module = tmp_path / "modules" / "openmpi" / "lib"
+    module.mkdir(parents=True)
+    (module / "libmpi.so.40").symlink_to(real)
+    (module / "README").write_text("not a library")
+    env = {"LD_LIBRARY_PATH": f"relative/dir::{module}:/nonexistent"}
+    assert mpi.library_path_entries(env) == [("libmpi.so.40", str(module / "libmpi.so.40"))]
+    lib = mpi.find_host_library(env)
+    assert lib.family == "openmpi" and lib.path == os.path.realpath(real)
+    with pytest.raises(UsageError, match="YURT_MPI_LIBRARY"):
+        mpi.find_host_library({"YURT_MPI_LIBRARY": str(tmp_path / "missing.so")})
+
+
 def _spec():
     return ContainerSpec(process=Process(args=["/bin/true"]), namespaces=[NS_USER, NS_MOUNT])
 

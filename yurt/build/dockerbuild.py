@@ -254,7 +254,7 @@ class _DockerBuild:
         self.labels: dict[str, str] = {}
         self.oci_config: dict | None = None
         self.warned: set[str] = set()
-        self.images: dict[str, str] = {}
+        self.images: dict[str, int] = {}  # COPY --from=IMAGE: reference -> index in self.trees
 
     def warn_once(self, text: str) -> None:
         if text not in self.warned:
@@ -470,21 +470,18 @@ class _DockerBuild:
         tree.step("copy", payload, f"{ins.cmd} {' '.join(ins.words)}", do_copy)
 
     def copy_from_image(self, tree: Tree, ins, config: dict, where: str) -> None:
-        """``COPY --from=IMAGE``: the image is pulled and unpacked once per build, then copied from like a stage."""
+        """``COPY --from=IMAGE``: copied from like a stage; the image is pulled and unpacked only when a
+        step that copies from it actually runs (once per build), not when the step is cached."""
         ref = ins.flags["from"]
-        d = self._definition(ref, ins.line)
-        identity = agents.identity(d, self.context, self.pull_options, self.runner.mode)
         if ref not in self.images:
-            path = os.path.join(self.work, f"image-{len(self.images)}")
-            agents.bootstrap(d, path, self.runner, recipe_dir=self.context, pull_options=self.pull_options)
-            self.images[ref] = path
-        image_tree = Tree(self, self.images[ref], "")
-        image_tree.current = True
-        image_tree.key = identity.get("digest") or ref
-        index = len(self.stages) + len(self.images)
-        self.trees[index] = image_tree
+            d = self._definition(ref, ins.line)
+            identity = agents.identity(d, self.context, self.pull_options, self.runner.mode)
+            index = len(self.stages) + len(self.images)
+            self.images[ref] = index
+            self.trees[index] = _ImageTree(self, os.path.join(self.work, f"image-{len(self.images)}"), d,
+                                           identity.get("digest") or ref)
         ins = copy.copy(ins)
-        ins.from_stage = index
+        ins.from_stage = self.images[ref]
         self.copy_step(tree, ins, config, where)
 
     def place(self, tree: Tree, items: list[tuple[str, bool]], dest: str, into_dir: bool, ins, where: str) -> None:
@@ -588,6 +585,22 @@ class _DockerBuild:
             return {"labels": all_labels}
 
         self.labels = tree.step("metadata", payload, "image config and metadata", do_metadata).get("labels") or {}
+
+
+class _ImageTree(Tree):
+    """An image ``COPY --from`` names: unpacked on first use (a cached step never needs it)."""
+
+    def __init__(self, build: _DockerBuild, path: str, definition, key: str) -> None:
+        super().__init__(build, path, "")
+        self.definition = definition
+        self.key = key
+
+    def materialize(self) -> None:
+        if self.current:
+            return
+        b = self.build
+        agents.bootstrap(self.definition, self.path, b.runner, recipe_dir=b.context, pull_options=b.pull_options)
+        self.current = True
 
 
 def _prefix(stage, count: int):

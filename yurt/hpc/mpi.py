@@ -230,13 +230,28 @@ def find_host_library(env: dict[str, str]) -> MPILibrary:
         return lib
     from yurt.runtime.gpu import ld_cache
 
-    for name, path in ld_cache("/"):
+    # LD_LIBRARY_PATH first, as the loader does: environment modules put their MPI there, not in the cache.
+    for name, path in [*library_path_entries(env), *ld_cache("/")]:
         if LIBMPI.match(name):
             lib = identify(os.path.realpath(path), [name, os.path.basename(path)])
             if lib is not None:
                 return lib
-    raise UsageError("--mpi=host: no MPI library (libmpi.so.N) in the host's ld.so cache",
+    raise UsageError("--mpi=host: no MPI library (libmpi.so.N) on LD_LIBRARY_PATH or in the host's ld.so cache",
                      "load your MPI module, or set YURT_MPI_LIBRARY=/path/to/libmpi.so.N")
+
+
+def library_path_entries(env: dict[str, str]) -> list[tuple[str, str]]:
+    """``(file name, path)`` of the shared libraries in the host's ``LD_LIBRARY_PATH`` directories, in order."""
+    out: list[tuple[str, str]] = []
+    for d in env.get("LD_LIBRARY_PATH", "").split(":"):
+        if not d or not os.path.isabs(d):
+            continue
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            continue
+        out += [(n, os.path.join(d, n)) for n in names if n.startswith("lib") and ".so" in n]
+    return out
 
 
 def _is_glibc(name: str) -> bool:
@@ -344,9 +359,12 @@ def host_edits(spec, env: dict[str, str] | None = None) -> MPILibrary:
     env = dict(os.environ) if env is None else env
     host = find_host_library(env)
     cache: dict[str, str] = {}
-    for name, path in gpu.ld_cache("/"):
+    for name, path in [*library_path_entries(env), *gpu.ld_cache("/")]:
         cache.setdefault(name, path)
     found = closure(host.path, cache)
+    if found.unresolved:
+        gpu.warn(f"--mpi=host: {host.describe()} needs {', '.join(found.unresolved)}, found neither on "
+                 "LD_LIBRARY_PATH nor in the ld.so cache; the program may fail to load in the container")
     taken = {m.destination for m in spec.mounts}
     for tree in found.trees:
         if tree not in taken:
