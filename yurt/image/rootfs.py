@@ -236,16 +236,21 @@ def local_cache_dir() -> str:
     node-local, never $HOME (often NFS)."""
     from yurt.config import load
 
-    base = load().local_cache_dir
+    return private_dir(load().local_cache_dir, "set YURT_LOCAL_CACHEDIR to a private node-local directory")
+
+
+def private_dir(path: str, hint: str) -> str:
+    """``path`` as a directory of ours, mode 0700 (made if missing; never followed through a symlink)."""
     try:
-        os.mkdir(base, 0o700)
+        os.mkdir(path, 0o700)
     except FileExistsError:
         pass
-    st = os.lstat(base)
+    st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise RuntimeSetupError(f"{base} is not a directory owned by you",
-                                "set YURT_LOCAL_CACHEDIR to a private node-local directory")
-    return base
+        raise RuntimeSetupError(f"{path} is not a directory owned by you", hint)
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+    return path
 
 
 class ExtractedSquashfs(Rootfs):

@@ -25,10 +25,10 @@ import os
 
 from yurt.errors import UsageError
 from yurt.runtime import gpu
+from yurt.runtime.hooks import STAGES as HOOK_STAGES
 from yurt.spec import ContainerSpec, Hook, Mount
 
 DEFAULT_DIRS = ("/etc/cdi", "/var/run/cdi")
-HOOK_STAGES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 

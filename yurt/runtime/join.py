@@ -63,19 +63,9 @@ HOLDER_POLL_S = 0.5
 
 
 def _private_dir(path: str) -> str:
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    st = os.lstat(path)
-    import stat
+    from yurt.image.rootfs import private_dir
 
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise RuntimeSetupError(f"{path} is not a directory owned by you",
-                                "remove it, or set YURT_RUNTIMEDIR to a private directory")
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        os.chmod(path, 0o700)
-    return path
+    return private_dir(path, "set YURT_RUNTIMEDIR to a private directory")
 
 
 def state_dir(*sub: str) -> str:
@@ -98,10 +88,9 @@ def write_json(path: str, doc: dict) -> None:
     """Replace a small state file atomically (readers never see half of it)."""
     import json
 
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1)
-    os.rename(tmp, path)
+    from yurt.store.atomic import write_bytes
+
+    write_bytes(path, json.dumps(doc, indent=1).encode(), 0o600)
 
 
 def read_json(path: str) -> dict | None:
