@@ -189,3 +189,32 @@ def _helpers_for(image: Path) -> list[int]:
             if not zombie and b"squashfuse" in argv[0] and str(image).encode() in argv:
                 found.append(int(entry))
     return found
+
+
+def test_stopping_the_holder_touches_nothing_else_of_the_user(cma_rootfs, rundir):
+    """SIGTERM to a --sharens holder (Slurm's scancel does that) ends the container, never the user's other
+    processes: the holder is no PID namespace's init, so kill(-1) would reach all of them."""
+    import json
+    import signal
+
+    bystander = subprocess.Popen(["sleep", "300"])
+    try:
+        rank = _start(_env(rundir), "exec", "--sharens", "--sharens-tag", "stop", cma_rootfs, "sleep", "30")
+        deadline = time.monotonic() + 30
+        records: list[Path] = []
+        while time.monotonic() < deadline and not records:
+            records = list((rundir / "sharens").glob("*.json")) if (rundir / "sharens").is_dir() else []
+            time.sleep(0.1)
+        assert records, "no holder record appeared"
+        holder = json.loads(records[0].read_text())["pid"]
+        os.kill(holder, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{holder}"):
+            time.sleep(0.1)
+        assert not os.path.exists(f"/proc/{holder}") or "Z" in open(f"/proc/{holder}/stat").read().split()[2]
+        assert bystander.poll() is None, "the holder's stop signal reached an unrelated process of the user"
+        rank.kill()
+        rank.communicate(timeout=30)
+    finally:
+        bystander.kill()
+        bystander.wait()
