@@ -169,25 +169,29 @@ def _write_tar(root: str, layer_path: str, changed: list[str], whiteouts: list[s
 
 def restore(layer_paths: list[str], dest: str) -> None:
     """Unpack the merged layers into the new directory ``dest`` (owners kept when we are root here)."""
+    import tempfile
+
     from yurt.image.layers import Layer, write_merged_tar
 
     os.mkdir(dest, 0o755)
     owner = ["--same-owner", "--numeric-owner"] if os.geteuid() == 0 else ["--no-same-owner"]
-    proc = subprocess.Popen(["tar", "--extract", "--file=-", f"--directory={dest}", "--preserve-permissions",
-                             "--xattrs", "--xattrs-include=*", *owner], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdin is not None
-    try:
-        write_merged_tar([Layer(path=p) for p in layer_paths], proc.stdin)
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    err = proc.stderr.read() if proc.stderr else b""
-    if proc.wait() != 0:
-        raise BuildError("cannot restore the build cache: tar: " + err.decode(errors="replace").strip()[-300:])
+    with tempfile.TemporaryFile() as errors:  # not a pipe: tar's complaints must never block the stream
+        proc = subprocess.Popen(["tar", "--extract", "--file=-", f"--directory={dest}", "--preserve-permissions",
+                                 "--xattrs", "--xattrs-include=*", *owner], stdin=subprocess.PIPE, stderr=errors)
+        assert proc.stdin is not None
+        try:
+            write_merged_tar([Layer(path=p) for p in layer_paths], proc.stdin)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if proc.wait() != 0:
+            errors.seek(0)
+            message = errors.read().decode(errors="replace").strip()[-300:]
+            raise BuildError(f"cannot restore the build cache: tar: {message}")
 
 
 def _write_json(path: str, doc: object) -> None:
