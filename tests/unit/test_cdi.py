@@ -111,3 +111,44 @@ def test_node_on_shared_host_dev(tmp_path, capsys):
     spec = new_spec(contain=False)
     cdi.apply_edits(spec, [("t", {"deviceNodes": [{"path": "/dev/null"}]})])
     assert spec.mounts == [Mount("/dev", "bind", "/dev", ["dev"])]  # already visible: nothing to add
+
+
+def test_site_denied_binds_cover_cdi_paths(tmp_path):
+    """A CDI spec the user wrote is no way around the site's deny_binds: every host path is checked."""
+    from yurt.errors import PolicyError
+
+    node = tmp_path / "vendor0"
+    node.write_text("")
+    libdir = tmp_path / "lib"
+    libdir.mkdir()
+    write_spec(tmp_path / "cdi", "vendor.json", vendor_spec(node, libdir))
+
+    class Site:
+        def __init__(self, denied):
+            self.denied, self.checked = denied, []
+
+        def check_bind(self, path, what):
+            self.checked.append(path)
+            if path == self.denied:
+                raise PolicyError(f"{what}: {path} may not be bound")
+
+    site = Site(None)
+    cdi.apply(new_spec(), ["vendor.example.com/gpu=0"], [str(tmp_path / "cdi")], site)
+    assert sorted(site.checked) == sorted([str(node), str(libdir)])
+    for denied in (str(node), str(libdir)):
+        with pytest.raises(PolicyError, match="may not be bound"):
+            cdi.apply(new_spec(), ["vendor.example.com/gpu=0"], [str(tmp_path / "cdi")], Site(denied))
+
+
+@pytest.mark.parametrize("edits", [
+    {"deviceNodes": ["/dev/x"]},
+    {"mounts": ["/lib"]},
+    {"hooks": ["/bin/true"]},
+    {"hooks": [{"hookName": "prestart", "path": "/bin/true", "timeout": "soon"}]},
+])
+def test_malformed_edits_are_one_line_errors(tmp_path, edits):
+    doc = {"cdiVersion": "0.6.0", "kind": "vendor.example.com/gpu",
+           "devices": [{"name": "0", "containerEdits": edits}]}
+    write_spec(tmp_path / "cdi", "bad.json", doc)
+    with pytest.raises(UsageError, match="CDI spec"):
+        cdi.apply(new_spec(), ["vendor.example.com/gpu=0"], [str(tmp_path / "cdi")])

@@ -36,7 +36,7 @@ def test_memory_sizes():
     assert cgroups.parse_memory("1.5GiB") == 3 << 29
     assert cgroups.parse_memory("512mb") == 512 << 20
     assert cgroups.parse_memory("1048576") == 1 << 20
-    for bad in ("lots", "12Q", "", "1k"):
+    for bad in ("lots", "12Q", "", "1k", "inf", "nan", "1e400", "-inf"):
         with pytest.raises(UsageError):
             cgroups.parse_memory(bad)
 

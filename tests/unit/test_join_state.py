@@ -60,3 +60,13 @@ def test_instance_names():
     for bad in ("", "-x", ".x", "a/b", "a b", "é", "x" * 129):
         with pytest.raises(UsageError):
             instances.check_name(bad)
+
+
+def test_instance_stop_signal_names_and_numbers():
+    from yurt.cli.instance import _signal_number
+    from yurt.errors import UsageError
+
+    assert _signal_number("TERM") == 15 and _signal_number("sigkill") == 9 and _signal_number("2") == 2
+    for bad in ("999", "0", "NOPE", ""):
+        with pytest.raises(UsageError):
+            _signal_number(bad)
