@@ -475,8 +475,7 @@ class RegistryClient:
                                                    content=content)
                 response = self._http.send(request, stream=stream)
             except httpx.TransportError as exc:
-                if retry and attempt < self.retries and _retryable(exc):
-                    self._sleep(attempt)
+                if retry and self._backoff(attempt, exc):
                     attempt += 1
                     continue
                 raise self._transport_error(exc)
@@ -495,6 +494,13 @@ class RegistryClient:
                 attempt += 1
                 continue
             return response
+
+    def _backoff(self, attempt: int, exc: Exception) -> bool:
+        """After a transport error: wait and say yes when this attempt may be retried (a reset, a timeout)."""
+        if attempt < self.retries and _retryable(exc):
+            self._sleep(attempt)
+            return True
+        return False
 
     # -- errors
 
@@ -569,8 +575,7 @@ class RegistryClient:
                         raise RegistryError(f"registry {self.registry}: the {what} is larger than {limit} bytes")
                     chunks.append(chunk)
             except httpx.TransportError as exc:
-                if attempt < self.retries and _retryable(exc):
-                    self._sleep(attempt)
+                if self._backoff(attempt, exc):
                     attempt += 1
                     continue
                 raise self._transport_error(exc)
@@ -667,8 +672,7 @@ class RegistryClient:
                             if progress is not None:
                                 progress(done, total)
                     except httpx.TransportError as exc:
-                        if attempt < self.retries and _retryable(exc):
-                            self._sleep(attempt)
+                        if self._backoff(attempt, exc):
                             attempt += 1
                             continue
                         raise self._transport_error(exc)
