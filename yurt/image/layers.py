@@ -1502,8 +1502,8 @@ def layers_to_sif(
     ``oci-config.json`` object, as Apptainer does, and its architecture stamps the partition.
     ``labels`` default to the image's Labels (``{}`` writes none).
     """
-    from yurt.image.pack import INSPECT_METADATA, OCI_CONFIG, _inspect_metadata, _json
-    from yurt.image.sif import DataType, FsType, PartType, SifObject, arch_code, host_arch_code, write_sif
+    from yurt.image.pack import INSPECT_METADATA, OCI_CONFIG, _inspect_metadata, _json, write_sif_with_squashfs
+    from yurt.image.sif import DataType, SifObject, arch_code, host_arch_code
 
     if not isinstance(oci_config, dict):
         raise ImageError("the image configuration is not a JSON object")
@@ -1532,15 +1532,8 @@ def layers_to_sif(
     for name in sorted(json_objects):
         objects.append(SifObject(DataType.GENERIC_JSON, json_objects[name], name=name))
 
-    squash = os.path.join(directory, f".{os.path.basename(out_sif)}.squashfs-{os.urandom(6).hex()}")
-    try:
-        tar_to_squashfs(layers, squash, compression=compression, level=level, processors=processors,
-                        reproducible_epoch=epoch, max_bytes=max_bytes, stats=stats)
-        objects.append(SifObject(DataType.PARTITION, squash, fs_type=FsType.SQUASH, part_type=PartType.PRIM_SYS,
-                                 arch=part_arch))
-        write_sif(out_sif, objects, created_at=epoch, deterministic_id=epoch is not None)
-    finally:
-        try:
-            os.unlink(squash)
-        except FileNotFoundError:
-            pass
+    write_sif_with_squashfs(
+        out_sif, objects,
+        lambda squash: tar_to_squashfs(layers, squash, compression=compression, level=level, processors=processors,
+                                       reproducible_epoch=epoch, max_bytes=max_bytes, stats=stats),
+        arch=part_arch, epoch=epoch)

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from typing import Any
 
 from yurt.errors import ImageError
@@ -108,12 +109,26 @@ def build_sif(
     for name in sorted(json_objects):  # Apptainer adds JSON objects in alphabetical order
         objects.append(SifObject(DataType.GENERIC_JSON, json_objects[name], name=name))
 
-    squash = os.path.join(out_dir, f".{os.path.basename(out_sif)}.squashfs-{os.urandom(6).hex()}")
+    write_sif_with_squashfs(
+        out_sif, objects,
+        lambda squash: mksquashfs(src_dir, squash, compression=compression, processors=processors,
+                                  extra_args=tuple(mksquashfs_args), reproducible_epoch=epoch, all_root=all_root),
+        arch=arch or host_arch_code(), epoch=epoch)
+
+
+def write_sif_with_squashfs(out_sif: str, objects: list[SifObject], make_squashfs: Callable[[str], None], *,
+                            arch: str, epoch: int | None) -> None:
+    """Write ``out_sif`` (atomically) with ``objects`` and, last, the system partition that
+    ``make_squashfs(path)`` writes to a temporary file beside it (removed afterwards, whatever happens).
+
+    With ``epoch`` (SOURCE_DATE_EPOCH) the SIF's times and ID are pinned.
+    """
+    squash = os.path.join(os.path.dirname(os.path.abspath(out_sif)),
+                          f".{os.path.basename(out_sif)}.squashfs-{os.urandom(6).hex()}")
     try:
-        mksquashfs(src_dir, squash, compression=compression, processors=processors,
-                   extra_args=tuple(mksquashfs_args), reproducible_epoch=epoch, all_root=all_root)
-        objects.append(SifObject(DataType.PARTITION, squash, fs_type=FsType.SQUASH,
-                                 part_type=PartType.PRIM_SYS, arch=arch or host_arch_code()))
+        make_squashfs(squash)
+        objects.append(SifObject(DataType.PARTITION, squash, fs_type=FsType.SQUASH, part_type=PartType.PRIM_SYS,
+                                 arch=arch))
         write_sif(out_sif, objects, created_at=epoch, deterministic_id=epoch is not None)
     finally:
         try:

@@ -256,6 +256,10 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]] | None:
     return scheme.lower(), params
 
 
+def _errors_text(errors: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{code}: {message}" if message else code for code, message in errors)
+
+
 def _registry_errors(body: bytes) -> list[tuple[str, str]]:
     try:
         doc = json.loads(body)
@@ -504,28 +508,23 @@ class RegistryClient:
 
     # -- errors
 
-    def _error_text(self, response: httpx.Response) -> str:
+    @staticmethod
+    def _response_errors(response: httpx.Response) -> list[tuple[str, str]]:
+        """The registry's ``errors`` of a failed response (which is read and closed)."""
         try:
             body = response.read()
         except httpx.HTTPError:
             body = b""
         finally:
             response.close()
-        errors = _registry_errors(body)
-        return "; ".join(f"{code}: {message}" if message else code for code, message in errors)
+        return _registry_errors(body)
+
+    def _error_text(self, response: httpx.Response) -> str:
+        return _errors_text(self._response_errors(response))
 
     def _error(self, response: httpx.Response, what: str) -> RegistryError:
-        try:
-            body = response.read()
-        except httpx.HTTPError:
-            body = b""
-        finally:
-            response.close()
-        errors = _registry_errors(body)
-        if errors:
-            text = "; ".join(f"{code}: {message}" if message else code for code, message in errors)
-        else:
-            text = f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
+        errors = self._response_errors(response)
+        text = _errors_text(errors) or f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
         return RegistryError(f"registry {self.registry}: {text} ({what})", status=response.status_code,
                              codes=[c for c, _ in errors], retryable=response.status_code in RETRY_STATUSES)
 

@@ -28,6 +28,7 @@ import os
 
 from yurt.errors import RuntimeSetupError, UsageError
 from yurt.record import Record
+from yurt.runtime.idmap import write_control_file as _write
 from yurt.spec import ContainerSpec, Resources
 
 TYPE_CHECKING = False
@@ -343,14 +344,6 @@ class Cgroup:
                         break
                     time.sleep(0.02)
         return done
-
-
-def _write(path: str, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
 
 
 def create(groups: list[Group]) -> tuple[Cgroup, list[str]]:

@@ -56,7 +56,8 @@ def fakeroot_maps(uid: int, gid: int, user: str, use_subid: bool = True) -> tupl
     return [IDMapping(0, uid, 1)], [IDMapping(0, gid, 1)], False
 
 
-def _write(path: str, text: str) -> None:
+def write_control_file(path: str, text: str) -> None:
+    """One write(2) to a kernel control file (/proc id maps, cgroupfs): the value must arrive whole."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, text.encode())
@@ -71,9 +72,9 @@ def _format(maps: list[IDMapping]) -> str:
 def write_own_maps(uids: list[IDMapping], gids: list[IDMapping]) -> None:
     """Write single-id maps for ourselves, as an unprivileged process may."""
     try:
-        _write("/proc/self/setgroups", "deny")
-        _write("/proc/self/uid_map", _format(uids))
-        _write("/proc/self/gid_map", _format(gids))
+        write_control_file("/proc/self/setgroups", "deny")
+        write_control_file("/proc/self/uid_map", _format(uids))
+        write_control_file("/proc/self/gid_map", _format(gids))
     except OSError as e:
         raise RuntimeSetupError(f"cannot write user namespace id maps: {e.strerror}")
 
