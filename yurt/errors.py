@@ -56,3 +56,10 @@ class ConfigError(YurtError):
 
 class PolicyError(YurtError):
     """The site's policy (``/etc/yurt/yurt.toml``) forbids what was asked."""
+
+
+def warn(message: str) -> None:
+    """One ``yurt: warning:`` line on stderr: something was not done as asked, and the run goes on."""
+    import sys
+
+    sys.stderr.write(f"yurt: warning: {message}\n")

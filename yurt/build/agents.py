@@ -26,7 +26,7 @@ import os
 import struct
 import sys
 
-from yurt.errors import BuildError, YurtError
+from yurt.errors import BuildError, YurtError, warn
 from yurt.record import Record
 
 OCI_AGENTS = {"docker": "docker://", "oras": "oras://", "oci": "oci:", "oci-archive": "oci-archive:",
@@ -41,10 +41,6 @@ class Bootstrapped(Record):
     _defaults = {"oci_config": None, "description": ""}
     oci_config: dict | None
     description: str
-
-
-def warn(message: str) -> None:
-    sys.stderr.write(f"yurt: warning: {message}\n")
 
 
 def identity(definition, recipe_dir: str, pull_options, mode: str) -> dict:

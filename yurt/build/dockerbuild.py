@@ -40,13 +40,13 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-import sys
 import tempfile
 
 from yurt.build import agents, layout
 from yurt.build import dockerfile as df
 from yurt.build.executor import (
     SINGLE,
+    BuildState,
     Runner,
     Tree,
     _copy_to,
@@ -62,7 +62,7 @@ from yurt.build.executor import (
     run_in_container,
     single_id_extras,
 )
-from yurt.errors import BuildError, YurtError
+from yurt.errors import BuildError, YurtError, warn
 from yurt.runtime.paths import EscapeError, host_path, resolve_in_root
 
 DOCKERFILE_NAMES = ("Dockerfile", "Containerfile")
@@ -235,31 +235,25 @@ def _parse_chmod(value: str, where: str) -> int:
 # -- the build ---------------------------------------------------------------------------------------
 
 
-class _DockerBuild:
+class _DockerBuild(BuildState):
     def __init__(self, stages: list, text: str, filename: str, context: str, runner: Runner, work: str, ctl: str,
                  *, pull_options, build_cache, matcher: df.Matcher, tag: str | None) -> None:
+        super().__init__(runner, work, ctl, pull_options, build_cache)
         self.stages = stages
         self.text = text
         self.filename = filename
         self.context = context
-        self.runner = runner
-        self.work = work
-        self.ctl = ctl
-        self.pull_options = pull_options
-        self.cache = build_cache
         self.matcher = matcher
         self.tag = tag
         self.trees: dict[int, Tree] = {}
         self.configs: dict[int, dict] = {}
-        self.labels: dict[str, str] = {}
-        self.oci_config: dict | None = None
         self.warned: set[str] = set()
         self.images: dict[str, int] = {}  # COPY --from=IMAGE: reference -> index in self.trees
 
     def warn_once(self, text: str) -> None:
         if text not in self.warned:
             self.warned.add(text)
-            sys.stderr.write(f"yurt: warning: {text}\n")
+            warn(text)
 
     def needed(self, target: int) -> list[int]:
         """The stages ``target`` depends on (its bases and COPY --from stages), and itself, in order."""

@@ -43,7 +43,7 @@ import tempfile
 
 from yurt.build import agents, layout
 from yurt.build.agents import copy_tree
-from yurt.errors import BuildError, YurtError
+from yurt.errors import BuildError, YurtError, warn
 from yurt.runtime.paths import EscapeError, host_path, resolve_in_root
 
 ROOT, SUBUID, SINGLE = "root", "subuid", "single"
@@ -178,7 +178,7 @@ class Runner:
         try:
             self.call(remove_tree, path)
         except BuildError as e:
-            sys.stderr.write(f"yurt: warning: could not remove {path}: {e}\n")
+            warn(f"could not remove {path}: {e}")
 
 
 def _run_checked(argv: list[str], what: str, env: dict | None, cwd: str | None) -> None:
@@ -207,7 +207,7 @@ def detect_mode() -> Runner:
             try:
                 runner.call(os.getuid)  # newuidmap works here?
             except BuildError as e:
-                sys.stderr.write(f"yurt: warning: cannot use the subuid range ({e}); using a single-id fakeroot\n")
+                warn(f"cannot use the subuid range ({e}); using a single-id fakeroot")
             else:
                 _say("fakeroot with a subuid range (newuidmap)")
                 return runner
@@ -395,7 +395,7 @@ class Tree:
     only from there.
     """
 
-    def __init__(self, build: _Build, path: str, label: str) -> None:
+    def __init__(self, build: BuildState, path: str, label: str) -> None:
         self.build = build
         self.path = path
         self.label = label
@@ -423,7 +423,7 @@ class Tree:
                                                                                   self.state, layer), extra)
             except (YurtError, OSError) as e:
                 # What is cached stays usable (trees behind can still be restored); nothing more is written.
-                sys.stderr.write(f"yurt: warning: the build cache records no more steps of this build: {e}\n")
+                warn(f"the build cache records no more steps of this build: {e}")
                 b.cache.writable = False
         self.key, self.current = key, True
         return extra
@@ -444,21 +444,29 @@ class Tree:
         self.current = True
 
 
-class _Build:
-    def __init__(self, definitions, text: str, recipe_dir: str, runner: Runner, work: str, ctl: str, *,
-                 notest: bool, pull_options, build_cache=None) -> None:
-        self.definitions = definitions
-        self.text = text
-        self.recipe_dir = recipe_dir
+class BuildState:
+    """What :class:`Tree` and :func:`finish` need of a build, whatever its recipe format: who is root
+    (``runner``), where it works (``work``, ``ctl``), the cache, and the result's labels and OCI config."""
+
+    def __init__(self, runner: Runner, work: str, ctl: str, pull_options, build_cache) -> None:
         self.runner = runner
         self.work = work
         self.ctl = ctl
-        self.notest = notest
         self.pull_options = pull_options
         self.cache = build_cache
-        self.trees: dict[str, Tree] = {}
         self.labels: dict[str, str] = {}
         self.oci_config: dict | None = None
+
+
+class _Build(BuildState):
+    def __init__(self, definitions, text: str, recipe_dir: str, runner: Runner, work: str, ctl: str, *,
+                 notest: bool, pull_options, build_cache=None) -> None:
+        super().__init__(runner, work, ctl, pull_options, build_cache)
+        self.definitions = definitions
+        self.text = text
+        self.recipe_dir = recipe_dir
+        self.notest = notest
+        self.trees: dict[str, Tree] = {}
 
     def run(self) -> Tree:
         """Build every stage; the last one's tree."""
@@ -585,7 +593,7 @@ class _Build:
         if len(args) >= 2 and args[0] == "-c":
             interp = args[1]
         elif args:
-            sys.stderr.write(f"yurt: warning: %post arguments {' '.join(args)} ignored (only -c INTERPRETER)\n")
+            warn(f"%post arguments {' '.join(args)} ignored (only -c INTERPRETER)")
         path = self._script("post.script", body)
         binds = [f"{path}:{POST_SCRIPT}:ro"]
         env = [f"{p}_ENVIRONMENT={layout.BUILD_ENVIRONMENT}" for p in ("APPTAINER", "SINGULARITY")]
@@ -741,7 +749,7 @@ def read_recipe(recipe_path: str, build_args: dict[str, str] | None, build_arg_f
     definitions = deffile.parse(rendered, filename=recipe_path)
     deffile.validate(definitions)
     for w in warnings + [w for d in definitions for w in d.warnings]:
-        sys.stderr.write(f"yurt: warning: {w}\n")
+        warn(w)
     return rendered, definitions
 
 
@@ -822,11 +830,12 @@ def open_cache(no_cache: bool):
     try:
         return BuildCache(read=not no_cache)
     except (YurtError, OSError) as e:
-        sys.stderr.write(f"yurt: warning: building without the build cache: {e}\n")
+        warn(f"building without the build cache: {e}")
         return None
 
 
-def finish(b, last: Tree, out: str, *, sandbox: bool, compression: str, mksquashfs_args, deffile: bytes | None) -> None:
+def finish(b: BuildState, last: Tree, out: str, *, sandbox: bool, compression: str, mksquashfs_args,
+           deffile: bytes | None) -> None:
     """Turn the last stage's tree into OUT: a sandbox directory, or a SIF (from the cache when it has it)."""
     from yurt.build import cache
 

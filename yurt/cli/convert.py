@@ -6,7 +6,7 @@ import os
 import sys
 
 from yurt.cli.options import Flag, parse_command
-from yurt.errors import UsageError
+from yurt.errors import UsageError, warn
 
 FLAGS = [
     Flag("output", "value", "o", "write here instead of standard output", "FILE"),
@@ -58,7 +58,7 @@ def main(command: str, argv: list[str], ctx) -> int:
         defs = deffile.parse(text, filename=path)
         result, warnings = convert.to_dockerfile(defs)
     for w in warnings:
-        sys.stderr.write(f"yurt: warning: {w}\n")
+        warn(w)
     if values["output"]:
         from yurt.store.atomic import write_bytes
 

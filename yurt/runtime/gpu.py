@@ -33,8 +33,8 @@ and the container runs without the device.
 from __future__ import annotations
 
 import os
-import sys
 
+from yurt.errors import warn
 from yurt.record import Record
 from yurt.spec import ContainerSpec, Mount
 
@@ -251,10 +251,6 @@ def discover(vendor: Vendor, env: dict[str, str] | None = None) -> Discovery:
                      binaries=find_binaries(programs, root, env.get("PATH", "")),
                      devices=find_devices(vendor, root, env.get("NVIDIA_VISIBLE_DEVICES")),
                      sockets=[os.path.join(root, s.lstrip("/")) for s in sockets])
-
-
-def warn(message: str) -> None:
-    sys.stderr.write(f"yurt: warning: {message}\n")
 
 
 def apply_discovery(spec: ContainerSpec, found: Discovery, root: str = "/") -> None:
