@@ -170,15 +170,9 @@ def _start_registry(base: Path, *, tls: tuple[Path, Path] | None = None, htpassw
 
 
 def _stop_registry(reg: RunningRegistry) -> None:
-    proc = reg.process
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
+    from slurm import stop_process
+
+    stop_process(reg.process)
 
 
 @pytest.fixture(scope="session")

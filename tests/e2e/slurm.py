@@ -32,6 +32,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 10) -> None:
+    """SIGTERM a daemon the tests started, SIGKILL it if it is still there after ``timeout`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 PROGRAMS = ("munged", "slurmctld", "slurmd", "srun", "sbatch", "sinfo", "squeue", "scancel")
 
@@ -197,15 +209,7 @@ PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE Over
                             self.partition], env=self.env(), capture_output=True, timeout=30, check=False)
         stepds = self._stepds()
         for name in ("slurmd", "slurmctld", "munged"):
-            proc = self.procs.get(name)
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
+            stop_process(self.procs.get(name), timeout=15)
         for pid in stepds | self._stepds():
             try:
                 os.kill(pid, signal.SIGKILL)
