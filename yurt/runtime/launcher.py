@@ -217,7 +217,7 @@ def _execvpe(args: list[str], env: dict[str, str]) -> NoReturn:
     if not args:
         raise YurtError("no command to run")
     try:
-        os.execvpe(args[0], args, env)
+        _search_and_exec(args[0], args, env)
     except FileNotFoundError:
         where = "" if "/" in args[0] else f" (PATH={env.get('PATH', '')})"
         raise PayloadNotFound(f"{args[0]}: command not found in the container{where}")
@@ -225,6 +225,25 @@ def _execvpe(args: list[str], env: dict[str, str]) -> NoReturn:
         raise PayloadNotExecutable(f"{args[0]}: permission denied in the container")
     except OSError as e:
         raise PayloadNotExecutable(f"{args[0]}: cannot execute: {e.strerror}")
+
+
+def _search_and_exec(file: str, args: list[str], env: dict[str, str]) -> NoReturn:
+    """``os.execvpe`` without its lazy ``import warnings`` (in ``os.get_exec_path``): this runs after
+    ``pivot_root``, where the host's library is gone, so it may only use what is loaded already."""
+    if "/" in file:
+        os.execve(file, args, env)
+    first_error: OSError | None = None
+    last_error: OSError = FileNotFoundError(2, "No such file or directory", file)
+    for directory in env.get("PATH", os.defpath).split(":"):
+        try:
+            os.execve(os.path.join(directory or ".", file), args, env)
+        except (FileNotFoundError, NotADirectoryError) as e:
+            last_error = e
+        except OSError as e:  # e.g. EACCES: remembered, but a later directory may still have it
+            last_error = e
+            if first_error is None:
+                first_error = e
+    raise first_error or last_error
 
 
 def _enter_cwd(cwd: str, fallback: str | None) -> None:
