@@ -19,7 +19,8 @@ FLAGS = [
     Flag("net", short="n"),
     Flag("fakeroot", short="f"),
     Flag("env", "list", None, "env", "K=V"),
-    Flag("writable-tmpfs-size", "int", None, "size", "MIB"),
+    Flag("writable-tmpfs-size", "int", None, "size", "MIB", bounds=(1, 1 << 20)),
+    Flag("help", short="h"),
 ]
 
 
@@ -33,6 +34,7 @@ def test_defaults():
     assert values == {
         "bind": [], "home": None, "no_home": False, "pwd": None, "contain": False, "containall": False,
         "pid": False, "ipc": False, "net": False, "fakeroot": False, "env": [], "writable_tmpfs_size": None,
+        "help": False,
     }
 
 
@@ -113,6 +115,40 @@ def test_int_flag_bad():
         p(["--writable-tmpfs-size", "big"])
 
 
+@pytest.mark.parametrize("raw", ["-1", "0", str((1 << 20) + 1), str(1 << 70)])
+def test_int_flag_out_of_range(raw):
+    """--writable-tmpfs-size -1 was accepted: every int flag has bounds, checked by the parser."""
+    with pytest.raises(UsageError, match=r"out of range \(give 1 to 1048576 \(MIB\)\)"):
+        p(["--writable-tmpfs-size", raw])
+    with pytest.raises(UsageError, match="YURT_WRITABLE_TMPFS_SIZE="):
+        p([], environ={"YURT_WRITABLE_TMPFS_SIZE": raw})
+
+
+@pytest.mark.parametrize("raw", ["1_000", "\u0663", "1e3", "0x10", "1.5", "", " ", "+", "--1"])
+def test_int_flag_only_ascii_digits(raw):
+    """int() would take 1_000 and an Arabic-Indic three; a flag takes plain digits."""
+    with pytest.raises(UsageError, match="not a whole number"):
+        p([f"--writable-tmpfs-size={raw}"])
+
+
+@pytest.mark.parametrize("raw,value", [("1", 1), (" 64 ", 64), ("+2", 2), ("1048576", 1 << 20)])
+def test_int_flag_in_range(raw, value):
+    assert p([f"--writable-tmpfs-size={raw}"])[0]["writable_tmpfs_size"] == value
+
+
+def test_int_flag_needs_bounds():
+    with pytest.raises(ValueError):
+        Flag("n", "int")
+    with pytest.raises(ValueError):
+        Flag("n", "value", bounds=(0, 1))
+
+
+def test_help_is_not_an_environment_variable():
+    """YURT_HELP=1 in a job script must not turn every yurt command into its usage text."""
+    assert p([], environ={"YURT_HELP": "1"})[0]["help"] is False
+    assert Flag("help").env_names() == ()
+
+
 def test_value_flag_takes_next_even_if_dashed():
     values, _ = p(["--home", "-c"])
     assert values["home"] == "-c" and not values["contain"]
@@ -177,7 +213,11 @@ def test_negative_numbers_are_positionals(num):
 
 
 def test_negative_number_as_value():
-    assert p(["--writable-tmpfs-size", "-3"])[0]["writable_tmpfs_size"] == -3
+    """-3 is the option's value (then out of its range), not three short options."""
+    with pytest.raises(UsageError, match="'-3' is out of range"):
+        p(["--writable-tmpfs-size", "-3"])
+    lenient = [Flag("offset", "int", bounds=(-10, 10))]
+    assert p(["--offset", "-3"], flags=lenient)[0]["offset"] == -3
 
 
 def test_bundle_spelling_inf_is_flags():
@@ -246,7 +286,7 @@ def test_environ_defaults_to_os_environ(monkeypatch):
 
 
 def test_flag_properties():
-    f = Flag("writable-tmpfs-size", "int", env=("OTHER",))
+    f = Flag("writable-tmpfs-size", "int", env=("OTHER",), bounds=(1, 2))
     assert f.dest == "writable_tmpfs_size"
     assert f.env_names() == ("YURT_WRITABLE_TMPFS_SIZE", "OTHER")
     assert f.default() is None

@@ -109,14 +109,22 @@ def test_bind_empty_destination_means_source():
 
 
 def test_bind_comma_list_and_repeats():
-    assert parse_binds(["/a,/b:/c:ro", " /d , ,/e:ro", "/f"]) == [
+    assert parse_binds(["/a,/b:/c:ro", " /d , /e:ro", "/f"]) == [
         Bind("/a", "/a"), Bind("/b", "/c", True), Bind("/d", "/d"), Bind("/e", "/e", True), Bind("/f", "/f"),
     ]
 
 
 def test_bind_empty():
+    """An empty value binds nothing (-B "$EXTRA", as in Apptainer); an empty entry in a list is an error."""
     assert parse_binds([]) == []
-    assert parse_binds(["", ","]) == []
+    assert parse_binds(["", "  "]) == []
+
+
+@pytest.mark.parametrize("spec", [":", ",,,", ",", "a,,b", "a,", " , ", ":/mnt", "::ro"])
+def test_bind_malformed_is_a_usage_error(spec):
+    """-B : and -B ,,, used to bind the working directory or nothing, silently."""
+    with pytest.raises(UsageError, match="bad bind"):
+        parse_binds([spec])
 
 
 def test_bind_relative_source_made_absolute(cwd):

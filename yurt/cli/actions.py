@@ -26,7 +26,7 @@ FLAGS = [
     Flag("fakeroot", short="f", help="be root inside (user namespace; subuid range when available)"),
     Flag("writable", short="w", help="write into a sandbox directory image itself"),
     Flag("writable-tmpfs", help="writable tmpfs layer over the image (discarded at exit)"),
-    Flag("writable-tmpfs-size", "int", None, "size of that layer in MiB (default 64)", "MIB"),
+    Flag("writable-tmpfs-size", "int", None, "size of that layer in MiB (default 64)", "MIB", bounds=(1, 1 << 20)),
     Flag("overlay", "list", "o", "writable overlay directory DIR (DIR:ro for read-only; repeatable)", "DIR"),
     Flag("workdir", "value", "W", "with --contain, back /tmp and /var/tmp by this directory", "DIR"),
     Flag("unsquash", help="unpack a SIF into the node-local cache instead of mounting it"),
@@ -50,7 +50,7 @@ FLAGS = [
          "PMIx namespace)", "TAG"),
     Flag("memory", "value", None, "memory limit, swap included (512M, 2G; cgroups)", "SIZE"),
     Flag("cpus", "value", None, "CPU time limit, in CPUs (1.5)", "N"),
-    Flag("pids-limit", "int", None, "most processes and threads at once", "N"),
+    Flag("pids-limit", "int", None, "most processes and threads at once", "N", bounds=(1, 1 << 22)),
     Flag("cpuset", "value", None, "run only on these CPUs (0-3,6)", "LIST", aliases=("cpuset-cpus",)),
     Flag("allow-no-limits", help="warn instead of failing when a limit cannot be applied"),
     Flag("help", short="h", help="show this help"),
@@ -95,8 +95,12 @@ def main(command: str, argv: list[str], ctx) -> int:
 def plan_from(command: str, values: dict, positionals: list[str], ctx):
     """Parsed flags and ``IMAGE ARGS...`` -> (ContainerSpec, Image), resource limits included."""
     from yurt.image.source import open_image
-    from yurt.runtime.plan import ActionRequest, plan_container
+    from yurt.runtime.plan import ActionRequest, parse_binds, plan_container
 
+    parse_binds(values["bind"])  # the syntax, before an image is opened or pulled
+    values["overlay"] = [check_overlay(o) for o in values["overlay"]]
+    if values["hostname"] is not None:
+        check_hostname(values["hostname"])
     image = open_image(_pulled(positionals[0], ctx))  # a registry's policy is checked by the pull
     size = values["writable_tmpfs_size"]
     req = ActionRequest(
@@ -148,6 +152,35 @@ def plan_from(command: str, values: dict, positionals: list[str], ctx):
 
         sys.stderr.write("yurt: debug: spec " + json.dumps(spec.to_oci(image.path), indent=1) + "\n")
     return spec, image
+
+
+def check_hostname(name: str) -> None:
+    """``--hostname``: what sethostname(2) takes and resolvers expect, 1-64 letters, digits, ``-._``."""
+    if not (0 < len(name) <= 64 and name.isascii() and all(c.isalnum() or c in "-._" for c in name)
+            and not name.startswith(("-", "."))):
+        raise UsageError(f"bad --hostname {name!r}", "use 1 to 64 letters, digits, '-', '.' or '_'")
+
+
+def check_overlay(spec: str) -> str:
+    """``--overlay DIR[:ro]`` -> ``/abs/DIR[:ro]``, or a usage error saying which overlay and why.
+
+    Checked here, where the user can be told, rather than when the container's root is assembled.
+    """
+    import os
+    import stat
+
+    path, _, mode = spec.partition(":")
+    if mode not in ("", "ro", "rw") or not path:
+        raise UsageError(f"bad overlay {spec!r}", "use --overlay DIR or DIR:ro")
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UsageError(f"overlay {path}: {e.strerror}", "give an existing directory (DIR, or DIR:ro)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"overlay {path} is not a directory", "yurt overlays are directories (DIR, or DIR:ro)")
+    if mode != "ro" and not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"overlay {path} is not writable by you", f"use --overlay {path}:ro to stack it read-only")
+    return os.path.abspath(path) + (":ro" if mode == "ro" else "")
 
 
 def _pulled(ref: str, ctx) -> str:

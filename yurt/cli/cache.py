@@ -15,7 +15,7 @@ _HELP = Flag("help", short="h", help="show this help")
 LIST_FLAGS = [_TYPE, Flag("json", short="j", help="print JSON"), _HELP]
 CLEAN_FLAGS = [
     _TYPE,
-    Flag("days", kind="int", short="D", metavar="N", help="only entries not used for N days"),
+    Flag("days", kind="int", short="D", metavar="N", help="only entries not used for N days", bounds=(0, 100000)),
     Flag("dry-run", short="n", help="show what would be removed, remove nothing"),
     Flag("force", short="f", help="do not ask for confirmation"),
     _HELP,
@@ -125,9 +125,7 @@ def cache_clean(argv: list[str], ctx) -> int:
     if positionals:
         raise UsageError(f"unexpected argument {positionals[0]!r}", f"yurt cache clean {synopsis}")
     kinds = _types(values["type"])
-    days = values["days"]
-    if days is not None and days < 0:  # type: ignore[operator]
-        raise UsageError(f"--days must be 0 or more, got {days}")
+    days = values["days"]  # bounds checked by the parser
     dry_run, force = bool(values["dry_run"]), bool(values["force"])
     if not (dry_run or force or sys.stdin.isatty()):
         raise UsageError("refusing to clean the cache without confirmation: stdin is not a terminal",

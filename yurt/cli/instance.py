@@ -13,7 +13,7 @@ LIST_FLAGS = [Flag("json", short="j", help="print JSON"), _HELP]
 STOP_FLAGS = [
     Flag("all", short="a", help="stop every instance"),
     Flag("signal", "value", "s", "signal to send first (default TERM)", "SIG"),
-    Flag("timeout", "int", "t", "seconds to wait before SIGKILL (default 10)", "SECONDS"),
+    Flag("timeout", "int", "t", "seconds to wait before SIGKILL (default 10)", "SECONDS", bounds=(0, 86400)),
     Flag("force", short="F", help="send SIGKILL at once"),
     _HELP,
 ]
@@ -108,7 +108,7 @@ def _signal_number(raw: str) -> int:
     import signal
 
     text = raw.strip().upper()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         if int(text) not in signal.valid_signals():
             raise UsageError(f"unknown signal {raw!r}", "use a name such as TERM, INT, KILL or a number from 1 to 64")
         return int(text)
@@ -125,11 +125,16 @@ def stop(argv: list[str]) -> int:
         return 0
     from yurt.runtime import instances
 
+    if values["all"] and names:
+        raise UsageError("instance stop takes names or --all, not both", "yurt instance stop [options] NAME... | --all")
     if values["all"]:
         names = [str(d["name"]) for d in instances.listing()]
     elif not names:
         raise UsageError("instance stop needs a name or --all", "see 'yurt instance list'")
-    signum = 9 if values["force"] else _signal_number(values["signal"] or "TERM")
+    # checked even with --force: a typo is still one
+    signum = _signal_number("TERM" if values["signal"] is None else values["signal"])
+    if values["force"]:
+        signum = 9
     timeout = 10 if values["timeout"] is None else values["timeout"]
     missing = []
     for name in names:

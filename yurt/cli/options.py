@@ -22,23 +22,30 @@ class Flag:
     """One option: ``kind`` is bool, value, list (repeatable) or int.
 
     With ``unset_none`` the value is None when neither the flag nor its variable is given, so a
-    config file's default (:mod:`yurt.config`) can apply; ``--flag=false`` still says no.
+    config file's default (:mod:`yurt.config`) can apply; ``--flag=false`` still says no.  An int
+    flag must have ``bounds`` (lowest, highest): a number out of them is a usage error, here, for
+    the flag and its variable alike, not a surprise deep in a mount or a cgroup write.
     """
 
-    __slots__ = ("name", "kind", "short", "help", "metavar", "aliases", "env", "unset_none")
+    __slots__ = ("name", "kind", "short", "help", "metavar", "aliases", "env", "unset_none", "bounds")
 
     def __init__(self, name: str, kind: str = "bool", short: str | None = None, help: str = "",
                  metavar: str = "VALUE", aliases: tuple[str, ...] = (), env: tuple[str, ...] = (),
-                 unset_none: bool = False) -> None:
+                 unset_none: bool = False, bounds: tuple[int, int] | None = None) -> None:
+        if (kind == "int") != (bounds is not None):
+            raise ValueError(f"--{name}: an int flag needs bounds, and only an int flag has them")
         self.name, self.kind, self.short, self.help = name, kind, short, help
         self.metavar, self.aliases, self.env = metavar, aliases, env
         self.unset_none = unset_none
+        self.bounds = bounds
 
     @property
     def dest(self) -> str:
         return self.name.replace("-", "_")
 
     def env_names(self) -> tuple[str, ...]:
+        if self.name == "help":  # YURT_HELP=1 in a job script must not turn every command into its usage
+            return ()
         return ("YURT_" + self.name.replace("-", "_").upper(), *self.env)
 
     def default(self) -> object:
@@ -123,12 +130,24 @@ def _store(flag: Flag, raw: str, values: dict[str, object], spelled: str) -> Non
         values.setdefault(flag.dest, [])
         values[flag.dest].append(raw)  # type: ignore[union-attr]
     elif flag.kind == "int":
-        try:
-            values[flag.dest] = int(raw)
-        except ValueError:
-            raise UsageError(f"option {spelled} expects a number, got {raw!r}")
+        values[flag.dest] = _integer(flag, raw, spelled)
     else:
         values[flag.dest] = raw
+
+
+def _integer(flag: Flag, raw: str, spelled: str) -> int:
+    """A whole number in ASCII digits (not ``1_000``, ``٣`` or ``1e3``, which ``int()`` would take or
+    half-take), within the flag's bounds."""
+    text = raw.strip()
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    lo, hi = flag.bounds or (0, 0)
+    said = f"{spelled} {raw!r}" if spelled.startswith("-") else f"{spelled}={raw!r}"
+    if not (digits.isascii() and digits.isdigit()):
+        raise UsageError(f"{said}: not a whole number", f"give {lo} to {hi} ({flag.metavar})")
+    n = int(text)
+    if not lo <= n <= hi:
+        raise UsageError(f"{said} is out of range", f"give {lo} to {hi} ({flag.metavar})")
+    return n
 
 
 def _boolean(raw: str, spelled: str) -> bool:

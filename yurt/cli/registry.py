@@ -21,32 +21,32 @@ SYNOPSIS = ("login|logout|list [options] [HOST]",
 
 def main(command: str, argv: list[str], ctx) -> int:
     values, positionals = parse(argv, FLAGS, stop_at_positional=False)
-    if values["help"] or not positionals:
+    if values["help"]:
         print(usage(command, *SYNOPSIS, FLAGS))
-        return 0 if values["help"] else 255
+        return 0
+    if not positionals:
+        raise UsageError("registry needs an action: login, logout or list", f"yurt registry {SYNOPSIS[0]}")
+    action, rest = positionals[0], positionals[1:]
+    if action not in ("login", "logout", "list"):
+        raise UsageError(f"unknown registry action {action!r}", "use login, logout or list")
     from yurt.registry import auth
 
-    action, rest = positionals[0], positionals[1:]
     if action == "list":
+        if rest:
+            raise UsageError(f"unexpected argument {rest[0]!r}", "yurt registry list")
         for host, user in auth.list_logins():
             print(f"{host}\t{user}")
         return 0
     if len(rest) != 1:
-        raise UsageError(f"registry {action} needs a HOST")
+        raise UsageError(f"registry {action} needs one HOST", f"yurt registry {action} [options] HOST")
     host = rest[0].split("://", 1)[-1].rstrip("/")
+    if not host:
+        raise UsageError(f"no registry host in {rest[0]!r}", f"yurt registry {action} [options] HOST")
     if action == "logout":
         auth.remove_login(host)
         print(f"yurt: removed the credentials for {host}")
         return 0
-    if action != "login":
-        raise UsageError(f"unknown registry action {action!r}", "use login, logout or list")
-    user = values["username"] or input("Username: ")
-    if values["password_stdin"]:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = getpass.getpass("Password: ")
-    if not user or not password:
-        raise UsageError("a user name and a password are needed")
+    user, password = _credentials(values)
     from yurt.registry.client import RegistryClient
 
     client = RegistryClient(host, insecure=values["insecure"], ca_file=values["ca_file"],
@@ -55,3 +55,28 @@ def main(command: str, argv: list[str], ctx) -> int:
     auth.save_login(host, user, password)
     print(f"yurt: logged in to {host}")
     return 0
+
+
+def _credentials(values: dict) -> tuple[str, str]:
+    """User name and password: from the options and standard input, or asked on the terminal.
+
+    As ``docker login``: no prompt when standard input is not a terminal (a job script would
+    hang or read its own input), and ``--password-stdin`` needs ``--username``.
+    """
+    user = values["username"]
+    if values["password_stdin"]:
+        if not user:
+            raise UsageError("--password-stdin needs --username", "yurt registry login -u USER --password-stdin HOST")
+        password = sys.stdin.readline().rstrip("\n")
+    elif not sys.stdin.isatty():
+        raise UsageError("cannot ask for the password: standard input is not a terminal",
+                         "pass --username USER and the password on standard input with --password-stdin")
+    else:
+        try:
+            user = user or input("Username: ")
+            password = getpass.getpass("Password: ")
+        except EOFError:
+            raise UsageError("no user name or password given (end of input)")
+    if not user or not password:
+        raise UsageError("a user name and a password are needed")
+    return user, password

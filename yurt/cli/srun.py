@@ -27,13 +27,16 @@ Run COMMAND in IMG for every task of a Slurm job step: srun [srun options] yurt 
 
 
 def main(command: str, argv: list[str], ctx) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv[:1] in (["-h"], ["--help"]):
         print(USAGE)
         return 0
+    if not argv:
+        raise UsageError("srun needs an image and a command", "yurt srun --image IMG [options] -- COMMAND [ARGS...]")
     from yurt.cli.actions import FLAGS as EXEC_FLAGS
     from yurt.hpc import srun
 
     req = srun.parse(argv, EXEC_FLAGS)
+    _check_exec_options(req, EXEC_FLAGS)
     yurt = req.yurt or [sys.executable, "-m", "yurt"]
     if ctx.debug:
         yurt = [*yurt, "--debug"]
@@ -55,3 +58,13 @@ def main(command: str, argv: list[str], ctx) -> int:
         os.execvp(cmd[0], cmd)
     except FileNotFoundError:
         raise UsageError("srun not found", "run yurt srun where Slurm's client commands are on PATH")
+
+
+def _check_exec_options(req, exec_flags: list) -> None:
+    """What ``yurt exec`` would reject on every node (a bad number, a malformed bind) is rejected
+    here, before a job step is started for nothing."""
+    from yurt.cli.options import parse
+    from yurt.runtime.plan import parse_binds
+
+    values, _ = parse([*req.exec_args, "--"], exec_flags, stop_at_positional=True, environ={})
+    parse_binds([*values["bind"], *([",".join(req.mounts)] if req.mounts else [])])

@@ -82,11 +82,17 @@ def parse(argv: list[str], exec_flags: list) -> SrunRequest:
             if name == "image":
                 image = value
             elif name == "mounts":
-                mounts += [m for m in value.split(",") if m]
+                if value.strip():  # checked with --bind's rules by the caller: no entry is dropped here
+                    mounts.append(value)
             else:
                 import shlex
 
-                yurt = shlex.split(value)
+                try:
+                    yurt = shlex.split(value)
+                except ValueError as e:
+                    raise UsageError(f"--yurt {value!r}: {e}", "quote it as a shell would")
+                if not yurt:
+                    raise UsageError("--yurt needs a command", "e.g. --yurt '/opt/yurt/bin/yurt'")
         elif name == "prestage":
             prestage = True
         elif name == "no-sharens":

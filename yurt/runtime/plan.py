@@ -108,16 +108,25 @@ class Bind(Record):
 
 
 def parse_binds(items: list[str]) -> list[Bind]:
-    """``src[:dst[:ro|rw]]``, comma separated, repeatable (Apptainer syntax)."""
+    """``src[:dst[:ro|rw]]``, comma separated, repeatable (Apptainer syntax).
+
+    An empty value binds nothing (``-B "$EXTRA"`` with EXTRA unset, as Apptainer allows); an
+    empty entry in a list (``-B a,,b``, ``-B ,,,``) or an empty source (``-B :``, ``-B :/dst``) is
+    a usage error, not silently nothing.
+    """
     out: list[Bind] = []
     for item in items:
+        if not item.strip():  # `-B ''`, YURT_BIND='': no bind, as in Apptainer
+            continue
         for spec in item.split(","):
             spec = spec.strip()
             if not spec:
-                continue
+                raise UsageError(f"bad bind list {item!r}: an empty entry", "remove the extra comma")
             parts = spec.split(":")
             if len(parts) > 3:
                 raise UsageError(f"bad bind {spec!r}", "use src[:dst[:ro|rw]]")
+            if not parts[0]:
+                raise UsageError(f"bad bind {spec!r}: no source", "use src[:dst[:ro|rw]]")
             src = os.path.abspath(parts[0])
             dst = parts[1] if len(parts) > 1 and parts[1] else src
             opt = parts[2] if len(parts) > 2 else "rw"
