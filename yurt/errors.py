@@ -58,8 +58,29 @@ class PolicyError(YurtError):
     """The site's policy (``/etc/yurt/yurt.toml``) forbids what was asked."""
 
 
+def os_error_text(e: OSError) -> str:
+    """``Permission denied: /scratch/ovl/upper``: an OS error's reason and the path(s) it was about,
+    never the bare reason (which leaves the user guessing which of a dozen paths failed)."""
+    import os
+
+    text = e.strerror or str(e)
+    if e.filename is not None:
+        text += f": {os.fsdecode(e.filename)}"
+        if e.filename2 is not None:
+            text += f" -> {os.fsdecode(e.filename2)}"
+    return text
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``...): a message quoting a user's
+    argument, a file name or an image's field stays one line and cannot drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 def warn(message: str) -> None:
     """One ``yurt: warning:`` line on stderr: something was not done as asked, and the run goes on."""
     import sys
 
-    sys.stderr.write(f"yurt: warning: {message}\n")
+    sys.stderr.write(f"yurt: warning: {one_line(message)}\n")

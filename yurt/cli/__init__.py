@@ -97,11 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, YurtError):
             return _fail(str(e), code=e.exit_code)
         if isinstance(e, OSError):
-            return _fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+            from yurt.errors import os_error_text
+
+            return _fail(os_error_text(e))
         return _fail(f"internal error: {type(e).__name__}: {e}", "rerun with --debug and report it")
 
 
 def _fail(message: str, hint: str | None = None, code: int = 255) -> int:
+    from yurt.errors import one_line
+
     text = f"yurt: error: {message}" + (f" ({hint})" if hint else "")
-    sys.stderr.write(text + "\n")
+    sys.stderr.write(one_line(text) + "\n")
     return code

@@ -24,7 +24,7 @@ import os
 import stat
 
 from yurt import syscalls as sc
-from yurt.errors import RuntimeSetupError
+from yurt.errors import RuntimeSetupError, os_error_text
 from yurt.image.rootfs import DirectoryRootfs, Rootfs
 from yurt.runtime import devices, passwd
 from yurt.runtime.paths import EscapeError, host_path, open_in_root, resolve_in_root
@@ -84,7 +84,7 @@ class MountExecutor:
         except EscapeError as e:
             raise RuntimeSetupError(f"container set-up failed: {e.strerror}")
         except OSError as e:
-            raise RuntimeSetupError(f"container set-up failed: {e.strerror or e}")
+            raise RuntimeSetupError(f"container set-up failed: {os_error_text(e)}")
 
     # -- root ------------------------------------------------------------
     def make_root(self, image_dir: str) -> None:
