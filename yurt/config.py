@@ -314,12 +314,14 @@ def _read(path: str, which: str, env) -> dict[str, object] | None:
         return cached
     if which == "site" and path == SITE_CONFIG:
         _check_trusted(path)
+    from yurt.readfile import MIB, read_file
+
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        hint = "the site file must be readable by every user" if which == "site" else None
-        raise ConfigError(f"cannot read the {which} config {path}: {e.strerror}", hint)
+        data = read_file(path, f"the {which} config", MIB, ConfigError)
+    except ConfigError as e:
+        if which == "site":
+            e.hint = "the site file must be readable by every user"
+        raise
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

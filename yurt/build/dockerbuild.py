@@ -635,15 +635,10 @@ def build(dockerfile: str, context: str, out: str, *, sandbox: bool = False, bui
     """Build ``dockerfile`` with the build context ``context`` into ``out`` (a SIF, or a sandbox directory)."""
     if not os.path.isdir(context):
         raise BuildError(f"the build context {context} is not a directory")
-    try:
-        with open(dockerfile, "rb") as f:
-            raw = f.read(16 << 20)
-    except OSError as e:
-        raise BuildError(f"cannot read {dockerfile}: {e.strerror}")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BuildError(f"{dockerfile}: the Dockerfile is not UTF-8 text")
+    from yurt.readfile import MIB, read_file
+    from yurt.readfile import text as utf8
+
+    text = utf8(read_file(dockerfile, "the Dockerfile", 16 * MIB, BuildError), dockerfile, "the Dockerfile", BuildError)
     compression = compression or default_compression()
     check_output(out, sandbox=sandbox, force=force, compression=compression)
     context = os.path.abspath(context)

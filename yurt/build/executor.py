@@ -723,26 +723,17 @@ def read_recipe(recipe_path: str, build_args: dict[str, str] | None, build_arg_f
                 warn_unused: bool) -> tuple[str, list]:
     """The rendered text and the parsed, validated stages of a definition file (warnings printed)."""
     from yurt.build import deffile, templating
+    from yurt.readfile import MIB, read_file
+    from yurt.readfile import text as utf8
 
-    try:
-        with open(recipe_path, "rb") as f:
-            raw = f.read(64 << 20)
-    except OSError as e:
-        raise BuildError(f"cannot read {recipe_path}: {e.strerror}")
-    try:
-        text = raw.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError:
-        raise BuildError(f"{recipe_path}: the definition file is not UTF-8 text")
+    what = "the definition file"
+    text = utf8(read_file(recipe_path, what, 16 * MIB, BuildError), recipe_path, what, BuildError)
     arg_values: dict[str, str] = {}
     warnings: list[str] = []
     if build_arg_file:
-        try:
-            with open(build_arg_file, encoding="utf-8") as f:
-                arg_values, warnings = templating.parse_arg_file(f.read(), filename=build_arg_file)
-        except OSError as e:
-            raise BuildError(f"cannot read the build-arg file {build_arg_file}: {e.strerror}")
-        except UnicodeDecodeError:
-            raise BuildError(f"{build_arg_file}: not UTF-8 text")
+        what = "the build-arg file"
+        arg_text = utf8(read_file(build_arg_file, what, MIB, BuildError), build_arg_file, what, BuildError)
+        arg_values, warnings = templating.parse_arg_file(arg_text, filename=build_arg_file)
     rendered, more = templating.render(text, dict(build_args or {}), arg_values, warn_unused=warn_unused,
                                        filename=recipe_path)
     warnings += more

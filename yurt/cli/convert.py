@@ -39,11 +39,10 @@ def main(command: str, argv: list[str], ctx) -> int:
     if len(positionals) != 1:
         raise UsageError("convert needs one file", f"yurt convert {SYNOPSIS[0]}")
     path = positionals[0]
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}")
+    from yurt.readfile import MIB, read_file
+    from yurt.readfile import text as utf8
+
+    text = utf8(read_file(path, "", 16 * MIB), path, "")
     to_def = _is_dockerfile(path, text) if values["to"] is None else values["to"] in ("def", "deffile")
     if values["to"] not in (None, "def", "deffile", "dockerfile"):
         raise UsageError(f"unknown format {values['to']!r}", "use def or dockerfile")

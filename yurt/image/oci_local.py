@@ -33,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 from typing import Any
@@ -442,7 +443,10 @@ def read_oci_layout(path: str | os.PathLike[str], tag: str | None = None, *, pla
 def _archive_store(path: str, tmpdir: str | None, max_bytes: int | None) -> tuple[_TarStore, str | None]:
     """Index a tar archive; a compressed one is decompressed to a temporary file first."""
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK: a FIFO named as an archive must not hang the open; it is refused just below.
+        with open(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ImageError(f"{path} is not a regular file, so not an image archive")
             head = f.read(tarfile.BLOCKSIZE)
     except OSError as e:
         raise ImageError(f"cannot open {path}: {e.strerror}")

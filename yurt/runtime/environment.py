@@ -33,11 +33,9 @@ PATH_EDITS = ("PREPEND_PATH", "APPEND_PATH")
 
 def parse_env_file(path: str) -> dict[str, str]:
     """Read ``K=V`` lines (``#`` comments, optional ``export``, quotes stripped)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise UsageError(f"cannot read --env-file {path}: {e.strerror}")
+    from yurt.readfile import MIB, read_file, text
+
+    lines = text(read_file(path, "--env-file", MIB), path, "--env-file").splitlines()
     out: dict[str, str] = {}
     for n, raw in enumerate(lines, 1):
         line = raw.strip()
