@@ -43,7 +43,7 @@ import tempfile
 
 from yurt.build import agents, layout
 from yurt.build.agents import copy_tree
-from yurt.errors import BuildError, YurtError, warn
+from yurt.errors import BuildError, YurtError, one_line, warn
 from yurt.runtime.paths import EscapeError, host_path, resolve_in_root
 
 ROOT, SUBUID, SINGLE = "root", "subuid", "single"
@@ -681,7 +681,7 @@ def run_in_container(runner: Runner, sandbox: str, args: list[str], *, writable:
 
             launch(spec, DirectoryRootfs(sandbox))
         except YurtError as e:
-            os.write(2, f"yurt: error: {e}\n".encode())
+            os.write(2, f"yurt: error: {one_line(str(e))}\n".encode())
             code = e.exit_code
         except BaseException as e:  # noqa: BLE001 - the child must never return into the build
             os.write(2, f"yurt: error: cannot start the build container: {e}\n".encode())

@@ -80,7 +80,9 @@ def _split_env_list(item: str) -> list[str]:
 
 
 def _valid_name(key: str) -> bool:
-    return bool(key) and (key[0].isalpha() or key[0] == "_") and all(c.isalnum() or c == "_" for c in key)
+    """A shell variable name: ASCII letters, digits and ``_`` (``é=1`` would break the env script)."""
+    return bool(key) and key.isascii() and (key[0].isalpha() or key[0] == "_") and all(
+        c.isalnum() or c == "_" for c in key)
 
 
 def injected_from_host(host: dict[str, str]) -> dict[str, str]:

@@ -12,7 +12,7 @@ import signal
 import time
 
 from yurt import syscalls as sc
-from yurt.errors import RuntimeSetupError
+from yurt.errors import RuntimeSetupError, one_line
 from yurt.runtime.hooks import STAGES
 from yurt.spec import ContainerSpec, Hook
 
@@ -41,7 +41,7 @@ def run_hook(hook: Hook, state: bytes, mask: set[int] | None = None) -> str | No
                     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 os.execve(hook.path, hook.args or [hook.path], dict(e.split("=", 1) for e in hook.env if "=" in e))
             except OSError as e:
-                os.write(2, f"yurt: error: cannot run hook {hook.path}: {e.strerror}\n".encode())
+                os.write(2, f"yurt: error: {one_line(f'cannot run hook {hook.path}: {e.strerror}')}\n".encode())
             finally:
                 os._exit(127)
     finally:

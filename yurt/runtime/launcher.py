@@ -12,10 +12,10 @@ import os
 import sys
 
 from yurt import syscalls as sc
-from yurt.errors import PayloadNotExecutable, PayloadNotFound, RuntimeSetupError, YurtError
+from yurt.errors import PayloadNotExecutable, PayloadNotFound, RuntimeSetupError, YurtError, one_line
 from yurt.image.rootfs import Rootfs, notice
 from yurt.runtime import idmap
-from yurt.runtime.environment import env_script_wrapper
+from yurt.runtime.environment import env_script_wrapper, sh_quote
 from yurt.runtime.mounts import MountExecutor
 from yurt.spec import NS_IPC, NS_MOUNT, NS_NET, NS_PID, NS_USER, NS_UTS, ContainerSpec
 
@@ -207,15 +207,27 @@ def _final_args(spec: ContainerSpec, plan: _ExecPlan) -> list[str]:
     if spec.extras.env_scripts and (spec.extras.env_script_text or spec.extras.app
                                     or os.path.isdir("/.singularity.d/env")):
         if os.path.exists("/bin/sh"):
-            args = ["/bin/sh", "-c", plan.env_wrapper, "yurt", *args]
+            args = ["/bin/sh", "-c", _with_payload_check(plan.env_wrapper, args[0]), "yurt", *args]
         elif spec.extras.debug:
             os.write(2, b"yurt: debug: image has env scripts but no /bin/sh; not sourcing them\n")
     return args
 
 
+def _with_payload_check(wrapper: str, name: str) -> str:
+    """The env-script wrapper, made to say a missing command as yurt says it without a shell (one
+    ``yurt: error:`` line, status 127) rather than in the shell's words (``yurt: exec: line 8: ...``).
+    The name is shown escaped and quoted here, so that no character of it reaches the terminal raw."""
+    shown = sh_quote(one_line(name))
+    where, path = ("", "") if "/" in name else (" (PATH=%s)", ' "$PATH"')
+    check = (f'command -v "$1" >/dev/null 2>&1 || {{ printf \'yurt: error: %s: command not found in the container'
+             f'{where}\\n\' {shown}{path} >&2; exit 127; }}\n')
+    head, _, tail = wrapper.rpartition("\n")  # tail: exec "$@"
+    return f"{head}\n{check}{tail}" if head else check + tail
+
+
 def _execvpe(args: list[str], env: dict[str, str]) -> NoReturn:
-    if not args:
-        raise YurtError("no command to run")
+    if not args or not args[0]:  # `yurt exec IMG ''`, an Entrypoint of [""]
+        raise PayloadNotFound("no command to run (the command is empty)")
     try:
         _search_and_exec(args[0], args, env)
     except FileNotFoundError:
@@ -292,6 +304,6 @@ def _die(e: YurtError, debug: bool = False) -> NoReturn:
         import traceback
 
         traceback.print_exc()
-    sys.stderr.write(f"yurt: error: {e}\n")
+    sys.stderr.write(f"yurt: error: {one_line(str(e))}\n")
     sys.stderr.flush()
     os._exit(e.exit_code)
