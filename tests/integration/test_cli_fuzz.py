@@ -1,0 +1,956 @@
+"""Property-based test of the whole command line: no internal error, no silent acceptance.
+
+Every command (``COMMANDS`` in :mod:`yurt.cli`; instance, registry, cache and config once per
+subcommand) is driven with generated argument vectors: its real flags from its ``FLAGS`` table in
+every spelling (``--name``, ``--name=V``, ``-xV``, bundled ``-abc``, aliases), repeated,
+abbreviated, unknown and value-less flags, and values mixing good ones with empty, unicode,
+undecodable, very long and malformed ones; hostile files (empty, binary garbage, a 64 GiB sparse
+file, a FIFO, dangling and looping symlinks, directories, unreadable files, ``/dev/zero``, a
+truncated SIF, SIFs with corrupt descriptors, recipes and env files with NULs and Latin-1) as images,
+sources, recipes and option values; and environment values (``YURT_<FLAG>`` for the command's
+flags, ``YURT_CACHEDIR`` and the other directories, a site file, a user config file).
+
+The rule, checked on every example (:func:`check`):
+
+* the command ends within the deadline and is not killed by a signal;
+* stderr never contains a Python traceback, ``internal error`` or ``Exception ignored`` (with
+  ``--debug`` / ``YURT_DEBUG`` a traceback may precede the error line: that is what ``--debug`` is for);
+* exit status 0: no ``yurt: error:`` line at all;
+* any other status: the **last** line of stderr is the one and only ``yurt: error: MESSAGE`` line,
+  MESSAGE is not empty and is not a bare ``strerror`` ("Permission denied": an OS error must say
+  what it was doing to which path); every line before it is one of yurt's own (it starts with
+  ``yurt: `` -- warnings, notices, progress, ``--debug`` output); stdout may hold a prompt or partial
+  output;
+* a vector that is invalid by construction (an unknown or abbreviated option, a value-taking option
+  without its value, a malformed number or boolean, an out-of-range number, a malformed ``--bind``,
+  too many or too few arguments where the count is fixed) exits non-zero -- unless ``--help`` made
+  it print usage first, which only a value check after parsing may lose to.
+
+Isolation: each example runs ``yurt.cli.main(argv)`` in a forked child (:mod:`clirunner`) with stdin
+``/dev/null``, a 20 s deadline, a 4 GiB address-space limit, ``HOME``, ``XDG_*``, ``YURT_CACHEDIR``,
+``YURT_LOCAL_CACHEDIR``, ``YURT_RUNTIMEDIR`` and ``REGISTRY_AUTH_FILE`` in a private directory, and a
+``PATH`` without Slurm's client commands.  The vocabulary never names a host directory as an image,
+a build source or a bind source, never a real registry (registries are 127.0.0.1 on a closed port,
+and the proxy variables point there too, so even a stray name never leaves the machine), and never
+an existing program as a container payload; generated free text in a path position is prefixed so
+that it names nothing.  The fixture files are read-only; what a command writes lands in ``out/``,
+emptied before every example.  Not run as root (a generated vector could then write anywhere).
+
+Sizes: ``YURT_FUZZ_PROFILE=ci`` (the default, and what CI runs) makes 2,000 examples per subcommand,
+derandomized so CI is reproducible; ``dev`` makes 200 with fresh randomness each run;
+``YURT_FUZZ_EXAMPLES=N`` overrides the count.  Neither writes an example database into the tree.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import struct
+import tempfile
+import traceback
+import zlib
+from functools import cache
+
+import hypothesis
+import pytest
+from clirunner import ForkServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from yurt.cli import COMMANDS
+
+pytestmark = pytest.mark.skipif(os.geteuid() == 0, reason="runs generated command lines: only as an ordinary user")
+
+settings.register_profile(
+    "ci", max_examples=2000, derandomize=True, database=None, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+settings.register_profile(
+    "dev", max_examples=200, derandomize=False, database=None, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+_PROFILE = settings.get_profile(os.environ.get("YURT_FUZZ_PROFILE", "ci"))
+if os.environ.get("YURT_FUZZ_EXAMPLES"):
+    _PROFILE = settings(_PROFILE, max_examples=int(os.environ["YURT_FUZZ_EXAMPLES"]))
+
+# Worker processes per target: hypothesis runs one example at a time, so a second CPU needs a second run.
+WORKERS = int(os.environ.get("YURT_FUZZ_WORKERS", "0")) or min(2, len(os.sched_getaffinity(0)))
+CLOSED = "127.0.0.1:9"  # discard port: nothing listens there on a test machine, so connects fail at once
+DEADLINE = 20.0
+SLURM_CLIENTS = {"srun", "salloc", "sbatch", "sattach", "scontrol", "squeue", "sinfo", "scancel", "sacct", "sstat"}
+BARE_STRERRORS = {os.strerror(n) for n in errno.errorcode}
+
+
+# --------------------------------------------------------------------------- the arena
+
+
+STATE_DIRS = ("home", "cache", "local", "run", "xdg", "tmp")
+OUT_DIRS = ("dir", "dir2")
+
+
+class Arena:
+    """The private tree every example runs in (see the module docstring)."""
+
+    def __init__(self, root: str, lane: int = 0) -> None:
+        self.root = root
+        self.ro = os.path.join(root, "ro")  # hostile fixtures, read-only
+        self.bin = os.path.join(root, "bin")
+        self.conf = os.path.join(root, "conf")  # user config dirs (XDG_CONFIG_HOME) and site files
+        # One working directory and state tree per worker process (see test_cli_fuzz).
+        self.out = os.path.join(root, f"out{lane}")  # the working directory; emptied before each example
+        self.state = os.path.join(root, f"state{lane}")  # HOME, caches, runtime dirs; recreated likewise
+        self._snapshot: list | None = None
+
+    def lane(self, n: int) -> Arena:
+        return Arena(self.root, n)
+
+    def reset(self) -> None:
+        """Back to empty out/ and state/ trees; a no-op when no directory of them changed (the
+        usual case: metadata operations are slow on some disks, a few stats are not)."""
+        if self._snapshot and self._snapshot == self._look():
+            return
+        for d in (self.out, self.state):
+            if os.path.lexists(d):
+                _rmtree(d)
+            os.mkdir(d)
+        for sub in STATE_DIRS:
+            os.mkdir(os.path.join(self.state, sub), 0o700)
+        for sub in OUT_DIRS:
+            os.mkdir(os.path.join(self.out, sub))
+        self._snapshot = self._look()
+
+    def _look(self) -> list[tuple[int, int, int, int, int]] | None:
+        """Inode, mode, mtime and ctime of every directory of the empty trees: creating, removing or
+        renaming anything in them, or a chmod, changes one."""
+        try:
+            return [(st.st_ino, st.st_mode, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink) for st in map(os.lstat, [
+                self.out, self.state, *(os.path.join(self.out, d) for d in OUT_DIRS),
+                *(os.path.join(self.state, d) for d in STATE_DIRS)])]
+        except OSError:
+            return None
+
+    def env(self, extra: dict[str, str]) -> dict[str, str]:
+        s = self.state
+        base = {
+            "PATH": self.bin, "LANG": "C.UTF-8", "HOME": f"{s}/home", "USER": "yurttest", "LOGNAME": "yurttest",
+            "TMPDIR": f"{s}/tmp", "XDG_RUNTIME_DIR": f"{s}/xdg", "XDG_CONFIG_HOME": f"{self.conf}/none",
+            "YURT_CACHEDIR": f"{s}/cache", "YURT_LOCAL_CACHEDIR": f"{s}/local", "YURT_RUNTIMEDIR": f"{s}/run",
+            "YURT_TMPDIR": f"{s}/tmp", "REGISTRY_AUTH_FILE": f"{s}/home/auth.json",
+            "YURT_DRIVER_ROOT": f"{self.ro}/emptydir", "SLURM_CONF": "/nonexistent",
+            "http_proxy": f"http://{CLOSED}", "https_proxy": f"http://{CLOSED}", "all_proxy": f"http://{CLOSED}",
+            "HTTP_PROXY": f"http://{CLOSED}", "HTTPS_PROXY": f"http://{CLOSED}", "ALL_PROXY": f"http://{CLOSED}",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        base.update(extra)
+        return base
+
+
+def _rmtree(path: str) -> None:
+    for root, dirs, _ in os.walk(path):  # an example may leave a 0500 or 0 directory behind
+        for d in dirs:
+            p = os.path.join(root, d)
+            if not os.path.islink(p):
+                os.chmod(p, 0o700)
+    shutil.rmtree(path)
+
+
+def _make_tiny(root: str) -> None:
+    """A sandbox whose payloads succeed (busybox as /bin/true and /bin/sh; run and test scripts that
+    exit 0): the one image on which a valid vector exits 0, so that an invalid option that is
+    accepted silently shows.  Without /bin/busybox it is an empty directory, and nothing succeeds."""
+    os.makedirs(os.path.join(root, "bin"))
+    os.makedirs(os.path.join(root, ".singularity.d"))
+    if not os.path.isfile("/bin/busybox"):
+        return
+    shutil.copy("/bin/busybox", os.path.join(root, "bin", "busybox"))
+    for name in ("sh", "true"):
+        os.symlink("busybox", os.path.join(root, "bin", name))
+    for name in ("runscript", "test"):
+        script = os.path.join(root, ".singularity.d", name)
+        with open(script, "w") as f:
+            f.write("#!/bin/sh\nexit 0\n")
+        os.chmod(script, 0o755)
+
+
+def _make_sifs(ro: str) -> None:
+    from yurt.image import pack, sif
+
+    content = os.path.join(ro, "sifsrc")
+    os.makedirs(os.path.join(content, "etc"))
+    with open(os.path.join(content, "etc", "hello"), "w") as f:
+        f.write("hello\n")
+    good = os.path.join(ro, "good.sif")
+    pack.build_sif(content, good, compression="gzip")
+    shutil.rmtree(content)
+    raw = open(good, "rb").read()
+    with open(os.path.join(ro, "trunc-header.sif"), "wb") as f:
+        f.write(raw[:100])
+    with open(os.path.join(ro, "trunc-half.sif"), "wb") as f:
+        f.write(raw[: len(raw) // 2])
+    table = sif.DESCRIPTORS_OFFSET
+    part = next(i for i in range(64) if struct.unpack_from("<i", raw, table + i * sif.DESCRIPTOR_SIZE)[0]
+                == sif.DataType.PARTITION)
+    at = sif.DESCRIPTORS_OFFSET + part * sif.DESCRIPTOR_SIZE
+    for name, field, value in (("corrupt-offset.sif", 17, len(raw) * 4), ("corrupt-size.sif", 25, -1),
+                               ("corrupt-partition.sif", 17, 0), ("corrupt-fstype.sif", 17 + 7 * 8 + 128, 99)):
+        fmt = "<i" if field > 100 else "<q"
+        data = bytearray(raw)
+        struct.pack_into(fmt, data, at + field, value)
+        if name == "corrupt-partition.sif":  # points at the SIF header: squashfs magic missing
+            struct.pack_into("<q", data, at + 25, 4096)
+        with open(os.path.join(ro, name), "wb") as f:
+            f.write(bytes(data))
+
+
+RECIPES = {
+    "empty.def": b"",
+    "nul.def": b"Bootstrap: scratch\n\x00%post\n\x00\n",
+    "latin1.def": b"Bootstrap: scratch\n%labels\n  Caf\xe9 cr\xe8me\n",
+    "pull.def": f"Bootstrap: docker\nFrom: {CLOSED}/fuzz/none:1\n".encode(),
+    "localimage.def": b"Bootstrap: localimage\nFrom: garbage.bin\n",
+    "broken.def": b"Bootstrap: \n%post\n%%%\n%files\n  /etc/passwd\n%environment\n\xff\xfe",
+    "Dockerfile": f"FROM {CLOSED}/fuzz/none:1\nRUN false\n".encode(),
+    "nul.Dockerfile": b"FROM \x00scratch\nCOPY \x00 /\n",
+    "badarg.Dockerfile": b"ARG A=${\nFROM ${A:?nope}\n",
+    "env.txt": b"A=1\nB\n=3\nC=\x00\nD=\xff\xfe\n" + b"E=" + b"x" * 70000 + b"\n",
+    "config.toml": b"contain = maybe\n[[[\ncache_dir = 3\n",
+    "auth.json": b'{"auths": {"127.0.0.1:9": {"auth": "!!!"}}, "x": [[[]]]}',
+    "ca.pem": b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+    "garbage.bin": bytes((i * 7919 + 13) % 256 for i in range(4096)),
+    "empty": b"",
+    "unicode-\u00e9\u4e2d\U0001f600.txt": "\u00e9\u4e2d\n".encode(),
+}
+USER_CONFIGS = {
+    "none": None,
+    "garbage": bytes(range(256)) * 4,
+    "badtypes": b'contain = "yes please"\nsquashfs_threads = -3\ncache_dir = ["x"]\nlocal_cache_dir = ""\n',
+    "toml": b"[section]\nkey = 1\n[[[broken\n",
+    "nul": b"contain = true\x00\n",
+    "good": b"contain = false\nsquashfs_threads = 1\n",
+}
+
+
+@pytest.fixture(scope="module")
+def arena(tmp_path_factory: pytest.TempPathFactory) -> Arena:
+    # On tmpfs when there is one: examples create and remove directories, which costs milliseconds
+    # each on an ext4 mounted with discard.
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
+        root = tempfile.mkdtemp(prefix="yurt-clifuzz-", dir=shm)
+    else:
+        root = str(tmp_path_factory.mktemp("clifuzz"))
+    try:
+        yield _build_arena(root)
+    finally:
+        for r, dirs, _ in os.walk(root):
+            for n in dirs:
+                if not os.path.islink(os.path.join(r, n)):
+                    os.chmod(os.path.join(r, n), 0o700)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _build_arena(root: str) -> Arena:
+    a = Arena(root)
+    for d in (a.ro, a.bin, a.conf):
+        os.mkdir(d)
+    for name, data in RECIPES.items():
+        with open(os.path.join(a.ro, name), "wb") as f:
+            f.write(data)
+    with open(os.path.join(a.ro, "huge.img"), "wb") as f:
+        f.truncate(64 << 30)  # sparse
+    os.mkfifo(os.path.join(a.ro, "fifo"))
+    os.symlink("nonexistent-target", os.path.join(a.ro, "dangling"))
+    os.symlink("loop", os.path.join(a.ro, "loop"))
+    os.mkdir(os.path.join(a.ro, "emptydir"))
+    os.mkdir(os.path.join(a.ro, "junkdir"))
+    os.mkfifo(os.path.join(a.ro, "junkdir", "fifo"))
+    os.symlink("/nonexistent", os.path.join(a.ro, "junkdir", "dangling"))
+    for name, data in (("Dockerfile", RECIPES["Dockerfile"]), ("x.def", RECIPES["broken.def"])):
+        with open(os.path.join(a.ro, "junkdir", name), "wb") as f:
+            f.write(data)
+    with open(os.path.join(a.ro, "unreadable"), "wb") as f:
+        f.write(b"secret")
+    os.chmod(os.path.join(a.ro, "unreadable"), 0)
+    os.mkdir(os.path.join(a.ro, "unreadable-dir"), 0)
+    _make_sifs(a.ro)
+    _make_tiny(os.path.join(a.ro, "tiny"))
+    for name, data in USER_CONFIGS.items():
+        os.makedirs(os.path.join(a.conf, name, "yurt"))
+        if data is not None:
+            with open(os.path.join(a.conf, name, "yurt", "config.toml"), "wb") as f:
+                f.write(data)
+    with open(os.path.join(a.conf, "site.toml"), "wb") as f:
+        f.write(b'allowed_image_paths = ["/nonexistent"]\ndeny_binds = ["/"]\n')
+    with open(os.path.join(a.conf, "badsite.toml"), "wb") as f:
+        f.write(b"allowed_image_owners = 7\n\xff\n")
+    # PATH: the machine's programs without Slurm's clients (srun would wait for a controller).
+    for d in ("/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"):
+        if not os.path.isdir(d) or os.path.islink(d):
+            continue
+        for name in os.listdir(d):
+            link = os.path.join(a.bin, name)
+            if name not in SLURM_CLIENTS and not os.path.lexists(link):
+                os.symlink(os.path.join(d, name), link)
+    for root, dirs, files in os.walk(a.ro):
+        for n in dirs:
+            p = os.path.join(root, n)
+            if n != "unreadable-dir":
+                os.chmod(p, 0o555)
+        for n in files:
+            p = os.path.join(root, n)
+            mode = os.lstat(p).st_mode
+            if stat.S_ISREG(mode) and n != "unreadable":
+                os.chmod(p, 0o555 if mode & 0o100 else 0o444)
+    os.chmod(a.ro, 0o555)
+    return a
+
+
+# --------------------------------------------------------------------------- vocabulary
+# Strategies are built once and reused (cache): hypothesis validates each new strategy object on
+# its first draw, which, redone per example, cost more than running the example.
+
+
+def _pick(options) -> st.SearchStrategy:
+    return _pick_cached(tuple(options))
+
+
+@cache
+def _pick_cached(options: tuple) -> st.SearchStrategy:
+    return st.sampled_from(options)
+
+
+@cache
+def _ints(lo: int, hi: int) -> st.SearchStrategy[int]:
+    return st.integers(lo, hi)
+
+
+def _shuffled(draw, items: list) -> list:
+    """A permutation drawn with small integers (cheaper than st.permutations, and it shrinks to the identity)."""
+    items = list(items)
+    for i in range(len(items) - 1, 0, -1):
+        j = i - draw(_ints(0, i))
+        items[i], items[j] = items[j], items[i]
+    return items
+
+
+@cache
+def _arg_text(max_size: int = 12) -> st.SearchStrategy[str]:
+    """Anything an argv element can hold: unicode, undecodable bytes (surrogateescape), no NUL."""
+    return st.one_of(
+        st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=max_size),
+        st.binary(min_size=1, max_size=8).filter(lambda b: b"\x00" not in b).map(os.fsdecode),
+        _pick(["", " ", "-", "--", "=", ":", ",", "\n", "\t", "é中😀", "x" * 5000, "\u202e", "%s%n"]),
+    )
+
+
+@cache
+def _nowhere() -> st.SearchStrategy[str]:
+    """Free text as a path that names nothing (one relative component that does not exist)."""
+    return _arg_text().map(lambda t: "zz-" + t.replace("/", "_"))
+
+
+FILE_NAMES = [*RECIPES, "huge.img", "fifo", "dangling", "loop", "emptydir", "junkdir", "unreadable", "unreadable-dir",
+              "trunc-header.sif", "trunc-half.sif", "corrupt-offset.sif", "corrupt-size.sif",
+              "corrupt-partition.sif", "corrupt-fstype.sif"]
+# Images that make a container start (or nearly): rare, since each costs a launch.
+LAUNCHABLE = ["emptydir", "good.sif", "corrupt-partition.sif", "corrupt-fstype.sif"]
+
+
+@cache
+def paths(ro: str, writable: bool = True) -> st.SearchStrategy[str]:
+    """A path: a fixture (absolute or relative), a place in out/, or nothing at all."""
+    names = [n for n in FILE_NAMES if n not in LAUNCHABLE]
+    fixed = [f"{ro}/{n}" for n in names] + [f"../ro/{n}" for n in names[:8]] + [
+        "/nonexistent/x", "", ".", "/dev/null", "/dev/zero", "/etc/shadow", "/proc/self/status", f"{ro}/dangling/x",
+        f"{ro}/garbage.bin/x", f"{ro}/unreadable-dir/x", f"{ro}/loop/x", "out/" * 40 + "x", "a" * 300]
+    if writable:
+        fixed += ["dir", "dir2", "new", "new.sif", "dir/new", "missing/new", "dir/"]
+    return _weighted([(4, _pick(fixed)), (1, _nowhere())])
+
+
+@cache
+def images(ro: str) -> st.SearchStrategy[str]:
+    return _images(ro)
+
+
+@st.composite
+def _images(draw, ro: str) -> str:
+    """An image argument: mostly hostile files; 2 in 32 the tiny sandbox and 1 in 32 another launchable
+    one (a launch costs 50-200 ms), 1 in 8 a reference that cannot be fetched."""
+    roll = draw(_ints(0, 31))
+    if roll in (1, 2):
+        return f"{ro}/tiny"
+    if roll == 0:
+        return draw(_pick([f"{ro}/{n}" for n in LAUNCHABLE] + ["dir"]))
+    if roll < 5:
+        return draw(refs(ro))
+    return draw(paths(ro, writable=False))
+
+
+@cache
+def refs(ro: str) -> st.SearchStrategy[str]:
+    names = _pick(["fuzz/img", "fuzz/img:1", "a/b@sha256:" + "0" * 64, "UPPER/x", "x@sha256:zz", "",
+                             "a//b", "a:b:c"])
+    return st.one_of(
+        st.builds(lambda scheme, name: f"{scheme}{CLOSED}/{name}", _pick(["docker://", "oras://"]), names),
+        st.builds(lambda scheme, p: scheme + p, _pick(["oci:", "oci-archive:", "docker-archive:"]),
+                  paths(ro, writable=False)),
+        _pick(["docker://", "oras://", "library://x/y", "shub://x", "http://x", "instance://",
+                         "instance://nope", "instance://../x", f"docker://{CLOSED}", "docker:///x", "oci:"]),
+    )
+
+
+@cache
+def payload() -> st.SearchStrategy[list[str]]:
+    """What follows the image: never an existing program; its arguments may be anything."""
+    first = st.one_of(_pick(["yurt-fuzz-no-such-program", "/yurt-fuzz/none", "", " ", "./x"]),
+                      _arg_text().map(lambda t: "yurt-fuzz-" + t.replace("/", "_")))
+    return st.builds(lambda a, rest: [a, *rest], first, st.lists(_arg_text(), max_size=3))
+
+
+@cache
+def bind_specs(ro: str) -> st.SearchStrategy[tuple[str, str | None]]:
+    """(spec, why it is invalid or None). Sources are fixtures or nothing, never a host directory."""
+    part_src = _pick([f"{ro}/emptydir", f"{ro}/junkdir", f"{ro}/garbage.bin", f"{ro}/dangling", "dir",
+                                "zz-none", f"{ro}/fifo", "/nonexistent"])
+    part_dst = _pick(["/mnt", "/data", "relative", "/a/../..", "/proc", "/" + "d" * 300, "/x:y", "/é"])
+    part_opt = _pick(["ro", "rw", "RO", "rbind", "nosuid", "ro,rw"])
+
+    def one(src: str, dst: str | None, opt: str | None) -> str:
+        return src + (f":{dst}" if dst is not None else "") + (f":{opt}" if opt is not None else "")
+
+    good = st.builds(one, part_src, st.none() | part_dst, st.none()) | st.builds(one, part_src, part_dst, part_opt)
+    return st.one_of(
+        good.map(lambda s: (s, None)),
+        st.lists(good, min_size=2, max_size=3).map(lambda xs: (",".join(xs), None)),
+        _pick([":", ",,,", ",", ":/mnt", "a:b:c:d", ":::", " : ", "a,,b", "a,"]).map(
+            lambda s: (s, "malformed bind")),
+        _arg_text().map(lambda t: ("zz-" + t.replace(",", "_").replace(":", "_"), None)),
+    )
+
+
+# Values for a flag by name; each strategy gives (text, reason it is invalid or None).
+def _ok(strategy: st.SearchStrategy[str]) -> st.SearchStrategy[tuple[str, str | None]]:
+    return strategy.map(lambda v: (v, None))
+
+
+def _bad(*values: str) -> st.SearchStrategy[tuple[str, str | None]]:
+    return _pick(values).map(lambda v: (v, "bad value"))
+
+
+# What each number may be, written down here independently of the flag tables: a new int flag
+# fails test_every_int_flag_has_a_range until someone decides its range.
+INT_RANGES = {"writable-tmpfs-size": (1, 1 << 20), "pids-limit": (1, 1 << 22), "timeout": (0, 86400),
+              "days": (0, 100000)}
+
+
+@cache
+def int_values(name: str) -> st.SearchStrategy[tuple[str, str | None]]:
+    lo, hi = INT_RANGES[name]
+
+    def judged(n: int) -> tuple[str, str | None]:
+        return str(n), None if lo <= n <= hi else "number out of range"
+
+    good = st.integers(min_value=lo, max_value=min(hi, lo + 100)).map(judged)
+    edges = _pick([lo, hi, lo - 1, hi + 1, -1, 0, 1 << 64]).map(judged)
+    wild = st.integers(min_value=-(1 << 70), max_value=1 << 70).map(judged)
+    bad = _pick(["", "abc", "1.5", "0x10", "1e3", "\u0663", "5_000", "++1", "1 2", " ", "-", "+", " 7 "])
+    return _weighted([(10, good), (3, edges), (1, wild), (2, bad.map(
+        lambda v: (v, None if v.strip().isdigit() and v.isascii() and lo <= int(v) <= hi else "bad number")))])
+
+
+def _weighted(choices: list[tuple[int, st.SearchStrategy]]) -> st.SearchStrategy:
+    """One of the strategies, in proportion to the weights (the first is what shrinking tends to)."""
+    table = tuple(strategy for weight, strategy in choices for _ in range(weight))
+    return _ints(0, len(table) - 1).flatmap(lambda i: table[i])
+
+
+@cache
+def values_for(name: str, ro: str) -> st.SearchStrategy[tuple[str, str | None]]:
+    any_path = _ok(paths(ro))
+    special = {
+        "bind": bind_specs(ro),
+        "mounts": bind_specs(ro),
+        "memory": _ok(_pick(["512M", "2G", "1", "64k"])) | _bad("", "-1G", "lots", "1Q", "0"),
+        "cpus": _ok(_pick(["1", "0.5", "2"])) | _bad("", "-1", "nan", "inf", "x", "0"),
+        "cpuset": _ok(_pick(["0", "0-1", "0,1"])) | _bad("", "a-b", "3-1", "-1", "0-99999999999"),
+        "signal": _ok(_pick(["TERM", "SIGINT", "9", "kill"])) | _bad("", "NOPE", "0", "65", "-9", "9999"),
+        "type": _ok(_pick(["all", "blob", "sif,ref", "build"])) | _bad("nope", ",", "sif,nope"),
+        "to": _ok(_pick(["def", "dockerfile"])) | _bad("", "yaml", "DEF"),
+        "mpi": _ok(_pick(["hybrid", "host", "none"])) | _bad("mpich", "HOST"),
+        "platform": _ok(_pick(["linux/amd64", "linux/arm64/v8"])) | _bad("", "windows/amd64", "linux",
+                                                                                      "linux//"),
+        "compression": _ok(_pick(["gzip", "zstd", "lz4", "xz"])) | _bad("", "nope", "bzip9"),
+        "layer-compression": _ok(_pick(["gzip", "zstd"])) | _bad("", "nope"),
+        "env": _ok(_pick(["A=1", "A=", "PATH=/x", "A=b=c", "\u00e9=1", "LD_PRELOAD=x"])) | _bad("=1", "", "A"),
+        "build-arg": _ok(_pick(["A=1", "A="])) | _bad("=1", "", "A"),
+        "hostname": _ok(_pick(["box", "a-b.c"])) | _bad("", "a b", "x" * 100, "-x"),
+        "app": _ok(_pick(["app1", "a.b"])) | _bad("", "a/b", "../x", "a b"),
+        "yurt": _ok(_pick(["yurt-fuzz-none", "/nonexistent/yurt -m x", "a 'b", "'", "\"unbalanced"])),
+        "image": _ok(images(ro)),
+        "username": _ok(_arg_text()),
+    }
+    return st.one_of(special.get(name, any_path), _ok(_arg_text()), any_path)
+
+
+# --------------------------------------------------------------------------- argument vectors
+
+
+class Target:
+    """One subcommand: the words that name it, its flags, how many positionals it takes."""
+
+    def __init__(self, words: list[str], flags: list, stop_at_positional: bool = False,
+                 positionals: tuple[int, int | None] = (0, None)) -> None:
+        self.words = words
+        self.flags = flags
+        self.stop = stop_at_positional
+        self.npos = positionals
+
+
+def _targets() -> dict[str, Target]:
+    from yurt.cli import actions, build, cache, config, convert, inspect, instance, misc, pull, push, registry
+
+    start_flags = [f for f in actions.FLAGS if f.name not in ("shell", "sharens", "sharens-tag", "no-init")]
+    t = {name: Target([name], actions.FLAGS, True, (1, None)) for name in ("exec", "run", "shell", "test")}
+    t.update({
+        "instance start": Target(["instance", "start"], start_flags, True, (2, None)),
+        "instance list": Target(["instance", "list"], instance.LIST_FLAGS),
+        "instance stop": Target(["instance", "stop"], instance.STOP_FLAGS),
+        "srun": Target(["srun"], actions.FLAGS),
+        "build": Target(["build"], build.FLAGS, positionals=(2, 2)),
+        "pull": Target(["pull"], pull.FLAGS, positionals=(1, 2)),
+        "push": Target(["push"], push.FLAGS, positionals=(2, 2)),
+        "registry login": Target(["registry", "login"], registry.FLAGS, positionals=(1, 1)),
+        "registry logout": Target(["registry", "logout"], registry.FLAGS, positionals=(1, 1)),
+        "registry list": Target(["registry", "list"], registry.FLAGS, positionals=(0, 0)),
+        "cache list": Target(["cache", "list"], cache.LIST_FLAGS, positionals=(0, 0)),
+        "cache clean": Target(["cache", "clean"], cache.CLEAN_FLAGS, positionals=(0, 0)),
+        "config show": Target(["config", "show"], config.FLAGS, positionals=(0, 0)),
+        "convert": Target(["convert"], convert.FLAGS, positionals=(1, 1)),
+        "inspect": Target(["inspect"], inspect.FLAGS, positionals=(1, 1)),
+        "run-help": Target(["run-help"], inspect.FLAGS, positionals=(1, 1)),
+        "version": Target(["version"], misc.FLAGS, positionals=(0, 0)),
+        "help": Target(["help"], misc.FLAGS, positionals=(0, 2)),
+        "global": Target([], []),
+    })
+    covered = {w for t_ in t.values() for w in t_.words[:1]}
+    assert covered >= set(COMMANDS), f"commands without a fuzz target: {set(COMMANDS) - covered}"
+    return t
+
+
+TARGETS = _targets()
+
+
+class Vector:
+    """A generated command line, its environment, and why it is invalid (None: it may be valid)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], invalid: str | None, helped: bool,
+                 late_invalid: str | None) -> None:
+        self.argv, self.env = argv, env
+        self.invalid = invalid  # fails while parsing: --help cannot save it
+        self.late_invalid = late_invalid  # fails after parsing: --help wins
+        self.helped = helped
+
+    def __repr__(self) -> str:
+        return f"Vector(argv={self.argv!r}, env={self.env!r}, invalid={self.invalid!r}, late={self.late_invalid!r})"
+
+
+def _option(draw, flag, ro: str) -> tuple[list[str], str | None, str | None]:
+    """One use of ``flag``: (tokens, parse-time error, later error); for --help the later error is "help"."""
+    spellings = [f"--{flag.name}", *(f"--{a}" for a in flag.aliases)] + ([f"-{flag.short}"] if flag.short else [])
+    spelled = draw(_pick(spellings))
+    if flag.kind == "bool":
+        roll = draw(_ints(0, 15))  # 0-11 bare, 12-14 --flag=BOOL, 15 --flag=garbage
+        form = "bare" if roll < 12 else "eq-good" if roll < 15 else "eq-bad"
+        if form == "bare" or not spelled.startswith("--"):
+            return [spelled], None, "help" if flag.name == "help" else None
+        if form == "eq-good":
+            value = draw(_pick(["true", "false", "1", "0", "yes", "OFF", ""]))
+            helped = flag.name == "help" and value in ("true", "1", "yes")
+            return [f"{spelled}={value}"], None, "help" if helped else None
+        return [f"{spelled}={draw(_pick(['maybe', '2', 'tru', ' x']))}"], "bad boolean", None
+    if flag.kind == "int":
+        value, bad = draw(int_values(flag.name))
+        early, late = bad, None
+    else:
+        value, bad = draw(values_for(flag.name, ro))
+        early, late = None, bad
+    form = draw(_pick(["sep", "sep", "eq", "glued"]))
+    if form == "eq" and spelled.startswith("--"):
+        return [f"{spelled}={value}"], early, late
+    if form == "glued" and not spelled.startswith("--") and value:
+        return [spelled + value], early, late
+    return [spelled, value], early, late
+
+
+def _unknown_option(draw, flags: list) -> list[str]:
+    return [draw(_unknown_strategy(tuple(flags)))]
+
+
+@cache
+def _unknown_strategy(flags: tuple) -> st.SearchStrategy[str]:
+    """Options the command does not have: abbreviations of its long ones, free letters, made-up names."""
+    names = {f.name for f in flags} | {a for f in flags for a in f.aliases}
+    shorts = {f.short for f in flags if f.short}
+    prefixes = sorted({n[:k] for n in names for k in range(1, len(n)) if n[:k] not in names})
+    free = sorted(set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") - shorts)
+    return st.one_of(
+        _pick(prefixes or ["zz"]).map(lambda p: f"--{p}"),
+        _pick(free).map(lambda c: f"-{c}"),
+        _arg_text().map(lambda t: "--yurt-fuzz-" + t.replace("=", "_")),
+        _pick(["--=x", "---", "--Bind", "--BIND", "-\u00e9"]),
+    )
+
+
+BOOLS = st.booleans()
+COMMAND_WORDS = st.one_of(_pick(list(COMMANDS)), _arg_text())
+GLOBALS = st.lists(_pick(["-q", "--quiet", "-s", "--silent", "-d", "--debug", "-h", "--version", "--yurt-fuzz-global",
+                          "-x"]), max_size=2)
+
+
+@cache
+def _texts() -> st.SearchStrategy[list[str]]:
+    return st.lists(_arg_text(), max_size=3)
+
+
+SUBCOMMANDS = {"instance": ("start", "list", "stop"), "cache": ("list", "clean"), "config": ("show",),
+               "registry": ("login", "logout", "list")}
+
+
+@st.composite
+def vectors(draw, target: Target, ro: str, conf: str) -> Vector:
+    invalid: str | None = None
+    late: str | None = None
+    helped = False
+    argv: list[str] = []
+    # global options first, now and then
+    for g in draw(GLOBALS) if draw(_ints(0, 7)) == 0 else []:
+        argv.append(g)
+        if invalid is None and not helped:
+            if g in ("--yurt-fuzz-global", "-x"):
+                invalid = "unknown global option"
+            elif g in ("-h", "--version"):
+                helped = True
+    if helped:  # `yurt -h ...` and `yurt --version ...` ignore the rest
+        return Vector(argv + target.words + draw(_texts()),
+                      draw(environments(target, ro, conf)), None, True, None)
+    if not target.words:  # the top level: a command word, real or not
+        word = draw(COMMAND_WORDS)
+        argv.append(word)
+        if word not in COMMANDS and not helped and invalid is None:
+            invalid = "unknown command"
+        argv += draw(_texts())
+        return Vector(argv, draw(environments(target, ro, conf)), invalid, helped, None)
+    argv += target.words
+    if target.words == ["srun"]:
+        return _srun(draw, argv, ro, conf, helped, invalid)
+    options: list[list[str]] = []
+    value_uses: dict[int, tuple[str, str | None]] = {}  # id(tokens) -> (dest, why invalid) of value options
+    usable = [f for f in target.flags if f.name != "help"]  # --help: rarely, below; it ends the parse's use
+    for _ in range(draw(_ints(0, 5))):
+        roll = draw(_ints(0, 31))  # 0-28 one of the command's options, 29-30 an unknown one, 31 --help
+        kind = "flag" if roll < 29 and usable else "unknown" if roll < 31 else "help"
+        if kind == "flag":
+            flag = draw(_pick(usable))
+            tokens, early, bad = _option(draw, flag, ro)
+            if bad == "help":
+                helped, bad = True, None
+            invalid = invalid or early
+            if flag.kind == "value":  # the last one counts, as in every option parser: judged below
+                value_uses[id(tokens)] = (flag.dest, bad)
+            else:
+                late = late or bad
+        elif kind == "unknown":
+            tokens = _unknown_option(draw, target.flags)
+            invalid = invalid or "unknown option"
+        else:
+            tokens = [draw(_pick(["--help", "-h"]))]
+            helped = True
+        options.append(tokens)
+    positionals = _positionals(draw, target, ro)
+    lo, hi = target.npos
+    if len(positionals) < lo or (hi is not None and len(positionals) > hi):
+        late = late or "wrong number of arguments"
+    if target.words == ["help"] and positionals:
+        if positionals[0] not in COMMANDS or (len(positionals) == 2 and positionals[1] not in SUBCOMMANDS.get(
+                positionals[0], ())):
+            late = late or "help for an unknown command"
+    order = options + [[p] for p in positionals]
+    if not target.stop:
+        order = _shuffled(draw, order)
+    last_value = {}
+    for tokens in order:
+        if id(tokens) in value_uses:
+            dest, bad = value_uses[id(tokens)]
+            last_value[dest] = bad
+    late = late or next((bad for bad in last_value.values() if bad), None)
+    body = [t for tokens in order for t in tokens]
+    valued = [f for f in target.flags if f.kind != "bool"]
+    if valued and (not target.stop or not positionals) and draw(_ints(0, 19)) == 0:
+        body.append(f"--{draw(_pick(valued)).name}")  # a value-taking option without its value
+        invalid = invalid or "missing value"
+    argv += body
+    return Vector(argv, draw(environments(target, ro, conf)), invalid, helped, late)
+
+
+def _positionals(draw, target: Target, ro: str) -> list[str]:
+    words = target.words
+    if target.stop:  # IMAGE, then (instance start) NAME, then the payload
+        out = [] if draw(_ints(0, 15)) == 0 else [draw(images(ro))]
+        if words[0] == "instance" and out:
+            out.append(draw(_pick(["fuzz1", "", "a/b", "..", "x" * 300, "-n", "\u00e9"]) | _arg_text()))
+        if out and out[0].endswith("/tiny"):  # payloads that succeed, and nothing a shell would run
+            if words[0] == "exec":
+                out += ["/bin/true", *draw(_texts())] if draw(_ints(0, 7)) else draw(payload())
+            elif words[0] in ("run", "test", "instance") and draw(BOOLS):
+                out += draw(_texts())
+        elif out and draw(BOOLS):
+            out += draw(payload())
+        return out
+    return draw(_positional_lists(words[0], ro, draw(_ints(0, 3))))
+
+
+@cache
+def _positional_lists(word: str, ro: str, n: int) -> st.SearchStrategy[list[str]]:
+    vocab = {
+        "build": paths(ro), "pull": st.one_of(refs(ro), paths(ro)), "push": st.one_of(refs(ro), paths(ro)),
+        "convert": paths(ro), "inspect": images(ro), "run-help": images(ro),
+        "help": _pick([*COMMANDS, "start", "list", "clean", "show", "login", "nope", ""]),
+        "registry": _pick([CLOSED, f"https://{CLOSED}/", "", "localhost:1", "bad host", "a" * 300]),
+    }.get(word, _arg_text())
+    return st.lists(vocab, max_size=n, min_size=n).map(lambda out: [p if not p.startswith("-") or len(p) == 1
+                                                                    else "zz" + p for p in out])
+
+
+def _srun(draw, argv: list[str], ro: str, conf: str, helped: bool, invalid: str | None) -> Vector:
+    from yurt.cli.actions import FLAGS
+
+    late = None
+    parts: list[str] = []
+    has_image = False
+    for _ in range(draw(_ints(0, 4))):
+        kind = draw(_pick(["image", "mounts", "prestage", "exec-flag", "srun-opt", "yurt", "no-sharens"]))
+        if kind == "image":
+            parts += [f"--image={draw(images(ro))}"]
+            has_image = True
+        elif kind in ("mounts", "yurt"):
+            value, bad = draw(values_for(kind, ro))
+            parts += [f"--{kind}", value]
+            late = late or bad
+        elif kind == "exec-flag":
+            flag = draw(_pick([f for f in FLAGS if f.name not in ("help", "mpi")]))
+            tokens, early, bad = _option(draw, flag, ro)
+            if tokens[0].startswith("--"):
+                parts += tokens
+                late = late or early or bad
+        elif kind == "srun-opt":
+            parts += list(draw(_pick([("-n", "2"), ("-N1",), ("--mpi=pmix",), ("--ntasks-per-node=1",), ("-x",)])))
+        else:
+            parts.append(f"--{kind}")
+    if draw(BOOLS):
+        parts.append("--")
+        parts += draw(payload()) if draw(_ints(0, 5)) else []
+    if not parts:
+        late = late or "no arguments"
+    elif "--" not in parts or not has_image or parts[-1] == "--":
+        late = late or "incomplete"
+    if draw(_ints(0, 20)) == 0:
+        parts.insert(0, "--help")
+        helped = True
+    argv += parts
+    return Vector(argv, draw(environments(TARGETS["srun"], ro, conf)), invalid, helped,
+                  None if helped and parts[0] == "--help" else late)
+
+
+@cache
+def environments(target: Target, ro: str, conf: str) -> st.SearchStrategy[dict[str, str]]:
+    """A few variables: the command's YURT_<FLAG>s with generated values, and yurt's other settings."""
+    names = [n for f in target.flags for n in f.env_names()] or ["YURT_BIND"]
+    dirs = _pick([f"{ro}/garbage.bin", f"{ro}/dangling", f"{ro}/unreadable-dir", f"{ro}/emptydir", "",
+                            "relative", "/nonexistent/x", f"{ro}/fifo", "dir"])
+    general = st.one_of(
+        st.tuples(_pick(names), st.one_of(_arg_text(), paths(ro), _pick(
+            ["-1", "0", "true", "maybe", ":", ",,,", "99999999999999999999"]))),
+        st.tuples(_pick(["YURT_CACHEDIR", "YURT_LOCAL_CACHEDIR", "YURT_RUNTIMEDIR", "YURT_TMPDIR",
+                                   "YURT_SESSIONDIR", "HOME", "TMPDIR", "XDG_RUNTIME_DIR"]), dirs),
+        st.tuples(st.just("XDG_CONFIG_HOME"), _pick([f"{conf}/{n}" for n in USER_CONFIGS] + ["", "rel"])),
+        st.tuples(st.just("YURT_SITE_CONFIG"), _pick([f"{conf}/site.toml", f"{conf}/badsite.toml",
+                                                               f"{ro}/garbage.bin", f"{ro}/fifo", ""])),
+        st.tuples(_pick(["YURT_DEBUG", "YURT_QUIET", "YURT_CONTAIN", "YURT_SQUASHFS_THREADS",
+                                   "YURT_MAX_IMAGE_BYTES", "SOURCE_DATE_EPOCH", "SLURM_JOB_ID", "YURT_INSECURE",
+                                   "YURT_ARCH", "YURT_INSECURE_REGISTRIES", "YURT_DOCKER_USERNAME",
+                                   "YURT_DOCKER_PASSWORD", "YURT_MPI_LIBRARY", "YURT_CDI_DIRS", "REGISTRY_AUTH_FILE",
+                                   "YURT_BUSYBOX", "USER"]),
+                  st.one_of(_pick(["1", "0", "-5", "yes", "", "1e9", "99999999999999999999", "abc"]),
+                            paths(ro))),
+    )
+    return st.lists(general, max_size=3).map(dict)
+
+
+# --------------------------------------------------------------------------- the rule
+
+
+def check(vector: Vector, outcome) -> None:
+    """The rule of the module docstring."""
+    where = (f"\n{vector!r}\nexit {outcome.status}\nstdout: {outcome.stdout[-2000:]!r}"
+             f"\nstderr: {outcome.stderr[-4000:]!r}")
+    assert not outcome.timed_out, f"no answer within {DEADLINE} s{where}"
+    assert outcome.status >= 0, f"killed by signal {-outcome.status}{where}"
+    err = outcome.stderr.decode("utf-8", "replace")
+    debug = any(a in ("-d", "--debug") for a in vector.argv[:3]) or vector.env.get("YURT_DEBUG", "").lower() in (
+        "1", "true", "yes", "on")
+    assert "internal error" not in err, f"internal error{where}"
+    assert "Exception ignored" not in err, f"an exception escaped{where}"
+    if not debug:
+        assert "Traceback (most recent call last)" not in err, f"traceback{where}"
+    lines = err.splitlines()
+    errors = [ln for ln in lines if ln.startswith("yurt: error:")]
+    if outcome.status == 0:
+        assert not errors, f"exit 0 with an error line{where}"
+        return
+    assert len(errors) == 1, f"exit {outcome.status} with {len(errors)} error lines{where}"
+    assert lines[-1] == errors[0], f"the error line is not the last line of stderr{where}"
+    message = errors[0][len("yurt: error:"):].strip()
+    assert message, f"empty error message{where}"
+    assert message not in BARE_STRERRORS, f"a bare OS error, no path or action{where}"
+    if not debug:
+        strays = [ln for ln in lines[:-1] if not ln.startswith("yurt: ")]
+        assert not strays, f"stderr lines that are not yurt's{where}"
+
+
+def _expect(vector: Vector, outcome) -> None:
+    check(vector, outcome)
+    if vector.invalid or (vector.late_invalid and not vector.helped):
+        assert outcome.status != 0, (f"accepted an invalid command line ({vector.invalid or vector.late_invalid})"
+                                     f"\n{vector!r}\nstdout: {outcome.stdout[-2000:]!r}")
+
+
+def run_vector(arena: Arena, server: ForkServer, vector: Vector):
+    arena.reset()
+    return server.run(vector.argv, arena.env(vector.env), arena.out, timeout=DEADLINE)
+
+
+def _fuzz(arena: Arena, target: Target, examples: int, seed: int | None) -> None:
+    """Hypothesis' run for one target: ``examples`` vectors (from ``seed``, else as the profile says)."""
+    server = ForkServer()
+    try:
+        @settings(_PROFILE, max_examples=examples, derandomize=_PROFILE.derandomize and seed is None)
+        @given(vectors(target, arena.ro, arena.conf))
+        def prop(vector: Vector) -> None:
+            _expect(vector, run_vector(arena, server, vector))
+
+        (hypothesis.seed(seed)(prop) if seed is not None else prop)()
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_cli_fuzz(arena: Arena, name: str) -> None:
+    """The examples of one target, split over WORKERS forked copies of this process (hypothesis runs
+    one example at a time: two CPUs take two runs), each with its own seed, fork server and lane."""
+    target = TARGETS[name]
+    total = _PROFILE.max_examples
+    if WORKERS == 1:
+        _fuzz(arena.lane(0), target, total, None)
+        return
+    base = zlib.crc32(name.encode()) if _PROFILE.derandomize else int.from_bytes(os.urandom(4), "little")
+    workers = []
+    for i in range(WORKERS):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # a worker: never returns into pytest
+            status = 1
+            try:
+                os.close(r)
+                lines: list[str] = []
+                try:
+                    with hypothesis.reporting.with_reporter(lines.append):
+                        _fuzz(arena.lane(i), target, -(-total // WORKERS), base + i)
+                    status = 0
+                except BaseException as e:  # noqa: BLE001 - reported to the parent
+                    lines += traceback.format_exception(e)
+                    lines.append(f"(worker {i} of {WORKERS}, seed {base + i}; rerun with YURT_FUZZ_WORKERS=1 "
+                                 "to get the same kind of failure in one process)")
+                with os.fdopen(w, "w", errors="backslashreplace") as f:
+                    f.write("\n".join(lines))
+            finally:
+                os._exit(status)
+        os.close(w)
+        workers.append((pid, r))
+    reports = []
+    try:
+        for pid, r in workers:
+            with os.fdopen(r, errors="replace") as f:
+                text = f.read()
+            _, status = os.waitpid(pid, 0)
+            if status != 0:
+                reports.append(text or f"worker {pid} died (status {status})")
+    finally:
+        for pid, _ in workers:
+            try:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+    assert not reports, "\n\n".join(reports)
+
+
+# What the fuzzer found (and the issue's known cases), as the smallest vectors: each must keep passing
+# the rule, and exit 0 (None) or fail with an error line containing the given text.  {RO} is the
+# fixtures' directory; {RO}/tiny is the sandbox whose payloads succeed.
+FOUND = [
+    (["config", "show", "--yurt-fuzz-\x04i\r\udcc1"], {}, "--yurt-fuzz-\\x04i\\r"),  # \r split the line
+    (["version", "--zz"], {}, "unknown option --zz"),  # version ignored its arguments
+    (["version", ""], {}, "unexpected argument"),
+    (["help", "exec", "extra"], {}, "unexpected argument"),
+    (["exec"], {"YURT_HELP": "1"}, "exec needs an image"),  # printed the usage and exited 0
+    (["registry"], {}, "registry needs an action"),  # usage on stdout, exit 255, no error line
+    (["registry", "login", "127.0.0.1:9"], {}, "not a terminal"),  # internal error: EOFError from input()
+    (["registry", "list", "extra"], {}, "unexpected argument"),
+    (["srun"], {}, "srun needs an image"),  # exited 0
+    (["srun", "--yurt", "a 'b", "--image", "x", "--", "true"], {}, "--yurt"),  # internal error: ValueError
+    (["exec", "-B", ":", "{RO}/tiny", "/bin/true"], {}, "bad bind"),  # bound the working directory
+    (["exec", "-B", ",,,", "{RO}/tiny", "/bin/true"], {}, "bad bind list"),  # bound nothing, silently
+    (["exec", "-B", "", "{RO}/tiny", "/bin/true"], {}, None),  # as in Apptainer: no bind
+    (["exec", "--writable-tmpfs-size", "-1", "{RO}/tiny", "/bin/true"], {}, "out of range"),
+    (["exec", "--overlay", "/nonexistent", "{RO}/tiny", "/bin/true"], {}, "overlay /nonexistent"),  # EACCES
+    (["run", "{RO}/tiny"], {"YURT_HOSTNAME": "\u0318&\udc85"}, "bad --hostname"),  # UnicodeEncodeError
+    (["cache", "list", "-j"], {"YURT_SITE_CONFIG": "{RO}/fifo"}, None),  # hung reading the FIFO
+    (["config", "show"], {"YURT_SITE_CONFIG": "{RO}/fifo"}, None),
+    (["convert", "{RO}/latin1.def"], {}, "not UTF-8 text (byte 0xe9"),  # internal error: UnicodeDecodeError
+    (["convert", "/dev/zero"], {}, "too large"),  # read until memory ran out
+    (["instance", "stop", "--all", "x"], {}, "not both"),  # the names were ignored
+    (["instance", "stop", "-s", "NOPE", "-F", "x"], {}, "unknown signal"),  # the bad signal was ignored
+    (["pull", "oci-archive:{RO}/fifo"], {}, "not a regular file"),  # hung opening the FIFO
+    (["exec", "{RO}/tiny", "yurt-fuzz-none"], {}, "yurt-fuzz-none: command not found"),  # in sh's words
+    (["exec", ".", ""], {}, "the command is empty"),  # internal error: ValueError from execve
+    (["run", "--app", "", "{RO}/tiny"], {}, "bad app name"),  # ran the image's runscript
+    (["test", "--env", "\u00e9=1", "{RO}/tiny"], {}, "--env expects KEY=VALUE"),  # broke the env script
+]
+
+
+@pytest.mark.parametrize("argv,env,expect", FOUND, ids=[" ".join(v[0])[:40] for v in FOUND])
+def test_found_by_fuzzing(arena: Arena, argv: list[str], env: dict[str, str], expect: str | None) -> None:
+    if "{RO}/tiny" in argv and not os.path.exists(os.path.join(arena.ro, "tiny", "bin", "true")):
+        pytest.skip("no /bin/busybox for the tiny sandbox")
+    fill = lambda text: text.replace("{RO}", arena.ro)  # noqa: E731
+    vector = Vector([fill(a) for a in argv], {k: fill(v) for k, v in env.items()}, expect and "known bad",
+                    False, None)
+    server = ForkServer()
+    try:
+        outcome = run_vector(arena.lane(0), server, vector)
+    finally:
+        server.close()
+    _expect(vector, outcome)
+    last = outcome.stderr.decode("utf-8", "replace").splitlines()[-1:]
+    if expect is None:
+        assert outcome.status == 0, f"exit {outcome.status}: {outcome.stderr!r}"
+    else:
+        assert last and expect in last[0], f"expected {expect!r} in the error line: {outcome.stderr!r}"
+
+
+def test_every_int_flag_has_a_range() -> None:
+    ints = {f.name for t in TARGETS.values() for f in t.flags if f.kind == "int"}
+    assert ints == set(INT_RANGES), "give each int flag its range in INT_RANGES (and bounds= in its table)"
