@@ -928,6 +928,9 @@ FOUND = [
     (["exec", ".", ""], {}, "the command is empty"),  # internal error: ValueError from execve
     (["run", "--app", "", "{RO}/tiny"], {}, "bad app name"),  # ran the image's runscript
     (["test", "--env", "\u00e9=1", "{RO}/tiny"], {}, "--env expects KEY=VALUE"),  # broke the env script
+    (["build", "zz-\udcee", "{RO}/emptydir"], {}, None),  # built, then UnicodeEncodeError printing the name
+    (["pull", "docker://127.0.0.1:9/a/b"], {"REGISTRY_AUTH_FILE": "{RO}/latin1.def"}, "is not valid JSON"),
+    (["push", "--ca-file", "{RO}/fifo", "{RO}/good.sif", "docker://127.0.0.1:9/a/b:1"], {}, "CA file"),  # hung
 ]
 
 

@@ -46,6 +46,11 @@ def _truthy(name: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # A file name that is not UTF-8 reaches us as surrogate escapes; printed back, it is the same
+    # bytes again (as ls prints it), not a UnicodeEncodeError after the work is done.
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="surrogateescape")
     ctx = Context(debug=_truthy("YURT_DEBUG"), quiet=_truthy("YURT_QUIET"))
     # Errors after pivot_root are reported from inside the container, where the
     # host's library is gone: load what reporting needs now.

@@ -55,16 +55,18 @@ def _sources() -> Iterator[Path]:
 
 
 def _read_config(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    from yurt.readfile import MIB, read_file
+
+    if not os.path.lexists(path):
         return {}
-    except OSError as e:
-        _debug(f"cannot read {path}: {e.strerror}")
+    try:  # bounded, and no blocking open of a FIFO
+        raw = read_file(str(path), "", MIB, YurtError)
+    except YurtError as e:
+        _debug(str(e))
         return {}
     try:
-        doc = json.loads(text) if text.strip() else {}
-    except ValueError:
+        doc = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+    except ValueError:  # UnicodeDecodeError included
         raise YurtError(f"{path} is not valid JSON", "fix or remove the file")
     if not isinstance(doc, dict):
         raise YurtError(f"{path} is not a JSON object", "fix or remove the file")

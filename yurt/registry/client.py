@@ -178,12 +178,15 @@ def _ssl_context(ca_file: str | os.PathLike[str] | None) -> ssl.SSLContext:
             except (ImportError, OSError):
                 pass
     if ca_file is not None:
+        from yurt.readfile import MIB, read_file
+
+        # Read here, not by OpenSSL: its fopen() waits forever on a FIFO and reads /dev/zero to the end.
+        path = os.fspath(ca_file)
+        data = read_file(path, "CA file", 4 * MIB, RegistryError)
         try:
-            ctx.load_verify_locations(cafile=os.fspath(ca_file))
-        except FileNotFoundError:
-            raise RegistryError(f"CA file {os.fspath(ca_file)} does not exist")
-        except (OSError, ssl.SSLError) as e:
-            raise RegistryError(f"cannot load CA file {os.fspath(ca_file)}: {e}")
+            ctx.load_verify_locations(cadata=data.decode("ascii") if b"-----BEGIN" in data else data)
+        except (ValueError, ssl.SSLError) as e:  # not ASCII PEM, or not a certificate
+            raise RegistryError(f"cannot load CA file {path}: {e}", "give PEM or DER certificates")
     return ctx
 
 
