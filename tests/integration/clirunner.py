@@ -53,8 +53,10 @@ class Outcome(NamedTuple):
 class ForkServer:
     """The server process, driven over a pipe: ``run(argv, env, cwd)`` -> :class:`Outcome`."""
 
-    def __init__(self) -> None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    def __init__(self, tag: str = "") -> None:
+        """``tag`` is put in the server's environment (``YURT_FUZZ_TAG``), which every process it forks
+        shows in ``/proc/PID/environ``: how a test finds what outlived its examples."""
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), YURT_FUZZ_TAG=tag)
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__)], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, close_fds=True)
 

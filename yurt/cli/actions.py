@@ -95,14 +95,14 @@ def main(command: str, argv: list[str], ctx) -> int:
 def plan_from(command: str, values: dict, positionals: list[str], ctx):
     """Parsed flags and ``IMAGE ARGS...`` -> (ContainerSpec, Image), resource limits included."""
     from yurt.image.source import open_image
-    from yurt.runtime.plan import ActionRequest, parse_binds, plan_container, valid_app_name
+    from yurt.runtime.plan import ActionRequest, parse_binds, plan_container
 
     parse_binds(values["bind"])  # the syntax, before an image is opened or pulled
     values["overlay"] = [check_overlay(o) for o in values["overlay"]]
-    if values["hostname"] is not None:
+    # An empty value leaves an option unset, as in Apptainer (where "" is every string option's
+    # default): `--app "$APP"` with APP empty runs no app.
+    if values["hostname"]:
         check_hostname(values["hostname"])
-    if values["app"] is not None and not valid_app_name(values["app"]):  # --app '' ran no app, silently
-        raise UsageError(f"bad app name {values['app']!r}", "SCIF app names are letters, digits and ._+-")
     image = open_image(_pulled(positionals[0], ctx))  # a registry's policy is checked by the pull
     size = values["writable_tmpfs_size"]
     req = ActionRequest(

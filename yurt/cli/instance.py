@@ -132,7 +132,7 @@ def stop(argv: list[str]) -> int:
     elif not names:
         raise UsageError("instance stop needs a name or --all", "see 'yurt instance list'")
     # checked even with --force: a typo is still one
-    signum = _signal_number("TERM" if values["signal"] is None else values["signal"])
+    signum = _signal_number(values["signal"] or "TERM")
     if values["force"]:
         signum = 9
     timeout = 10 if values["timeout"] is None else values["timeout"]
