@@ -245,7 +245,7 @@ def _child(argv: list[str], env: dict[str, str], cwd: str, stdin_path: str, out_
                                   line_buffering=True)
     sys.argv = ["yurt", *argv]
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    before = set(sys.modules)
+    before = len(sys.modules)  # not a set of them: that would touch (and copy) every name's page
     code = 1
     try:
         from yurt.cli import main
@@ -273,7 +273,8 @@ def _child(argv: list[str], env: dict[str, str], cwd: str, stdin_path: str, out_
     except BaseException:  # noqa: BLE001
         pass
     try:
-        os.write(mods, " ".join(sorted(set(sys.modules) - before)).encode())
+        if len(sys.modules) != before:  # new ones are at the end: dicts keep insertion order
+            os.write(mods, " ".join(list(sys.modules)[before:]).encode())
     except OSError:
         pass
     _end_orphans()
