@@ -173,3 +173,20 @@ def test_resolve_then_read_follows_links_inside_the_root_only(tree, tmp_path, mo
     os.symlink(tmp_path / "secret", tree / "evil")
     existing, missing = resolve_in_root(str(tree), "/evil")
     assert missing  # the host path does not exist inside the root: nothing to read
+
+
+@pytest.mark.parametrize("errno_value", [38, 1])  # ENOSYS (kernel < 5.6), EPERM (a seccomp filter)
+def test_openat2_refused_falls_back_to_the_walk_for_good(tree, monkeypatch, errno_value):
+    from yurt import syscalls as sc
+
+    calls = []
+
+    def refused(*args):
+        calls.append(args)
+        raise OSError(errno_value, "refused")
+
+    monkeypatch.setattr(inroot, "_openat2_usable", True)
+    monkeypatch.setattr(sc, "openat2", refused)
+    assert inroot.read_file(str(tree), "/etc/passwd").startswith(b"root:")
+    assert inroot.read_file(str(tree), "/.singularity.d/labels.json") == b'{"a": "b"}\n'
+    assert len(calls) == 1 and inroot._openat2_usable is False
