@@ -583,3 +583,29 @@ def test_fuzz_round_trip(text):
 def test_fuzz_random_unicode(text):
     check_parse(text)
     check_parse("Bootstrap: docker\nFrom: x\n" + text)
+
+
+# -- reading recipe files: hostile bytes are one BuildError with the line ------------------------
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"Bootstrap: scratch\n%post\n  echo \xff\n", r":3: the definition file is not UTF-8 text"),
+    (b"Bootstrap: scratch\n%labels\n  A\x00 b\n", r":3: the definition file contains a NUL byte"),
+])
+def test_read_text_refuses_binary_recipes(tmp_path, data, message):
+    from yurt.build.executor import read_text
+
+    path = tmp_path / "x.def"
+    path.write_bytes(data)
+    with pytest.raises(BuildError, match=re.escape(str(path)) + message):
+        read_text(str(path), "the definition file")
+
+
+def test_read_text_refuses_oversized_recipes_instead_of_truncating(tmp_path):
+    from yurt.build.executor import RECIPE_LIMIT, read_text
+
+    path = tmp_path / "Dockerfile"
+    path.write_bytes(b"FROM scratch\n" + b"#" * RECIPE_LIMIT)
+    with pytest.raises(BuildError, match=f"the Dockerfile is larger than {RECIPE_LIMIT} bytes"):
+        read_text(str(path), "the Dockerfile")
+    assert read_text(str(tmp_path / "Dockerfile"), "x", limit=RECIPE_LIMIT + 20).startswith("FROM scratch\n")

@@ -310,6 +310,12 @@ def test_exec_or_shell_form(args, json_form):
     assert config["Cmd"] == (json_form if json_form is not None else ["/bin/sh", "-c", args.strip()])
 
 
+@pytest.mark.parametrize("cmd", ["CMD", "ENTRYPOINT", "RUN", "SHELL"])
+def test_nul_in_exec_form_is_a_line_error(cmd):
+    with pytest.raises(BuildError, match=r":2: .*NUL character"):
+        only(f'FROM a\n{cmd} ["/bin/echo", "a\\u0000b"]\n')
+
+
 def test_shell_instruction_changes_shell_form():
     stage = only('FROM a\nCMD one\nSHELL ["/bin/bash", "-eo", "pipefail", "-c"]\nENTRYPOINT two\n')
     config = image_config(stage)

@@ -59,6 +59,7 @@ from yurt.build.executor import (
     glob_in_root,
     in_workspace,
     open_cache,
+    read_text,
     run_in_container,
     single_id_extras,
 )
@@ -164,14 +165,14 @@ def _lookup_ids(root: str, spec: str, where: str) -> tuple[int, int]:
     user, _, group = spec.partition(":")
 
     def find(path: str, name: str, field: int) -> int | None:
-        raw = layout.read_file(root, path, 8 << 20)
+        raw = layout.read_file(root, path, 8 << 20, follow_links=True)
         for line in (raw or b"").decode("utf-8", "replace").splitlines():
             parts = line.split(":")
-            if len(parts) > field and parts[0] == name and parts[field].isdigit():
+            if len(parts) > field and parts[0] == name and _number(parts[field]):
                 return int(parts[field])
         return None
 
-    if user.isdigit():
+    if _number(user):
         uid = int(user)
         default_gid = uid
     else:
@@ -181,7 +182,7 @@ def _lookup_ids(root: str, spec: str, where: str) -> tuple[int, int]:
         default_gid = find("/etc/passwd", user, 3)
     if not group:
         return uid, default_gid if default_gid is not None else uid
-    gid = int(group) if group.isdigit() else find("/etc/group", group, 2)
+    gid = int(group) if _number(group) else find("/etc/group", group, 2)
     if gid is None:
         raise BuildError(f"{where} --chown={spec}: no group {group!r} in the image's /etc/group")
     return uid, gid
@@ -195,25 +196,30 @@ def _user_ids(root: str, user: str, where: str) -> tuple[list[int], str]:
     """
     name, _, group = user.partition(":")
     passwd = [line.split(":") for line in _image_text(root, "/etc/passwd").splitlines()]
-    entry = next((p for p in passwd if len(p) > 5 and (p[0] == name or (name.isdigit() and p[2] == name))), None)
-    if entry is None and not name.isdigit():
+    entry = next((p for p in passwd if len(p) > 5 and (p[0] == name or (_number(name) and p[2] == name))), None)
+    if entry is None and not _number(name):
         raise BuildError(f"{where} USER {user}: no user {name!r} in the image's /etc/passwd")
-    uid = int(name) if name.isdigit() else int(entry[2]) if entry[2].isdigit() else 0
-    gid = int(entry[3]) if entry is not None and entry[3].isdigit() else 0
+    uid = int(name) if _number(name) else int(entry[2]) if _number(entry[2]) else 0
+    gid = int(entry[3]) if entry is not None and _number(entry[3]) else 0
     if group:
         gid = _lookup_ids(root, f"{uid}:{group}", where)[1]
     login = entry[0] if entry is not None else None
     groups = []
     for line in _image_text(root, "/etc/group").splitlines():
         parts = line.split(":")
-        if login and len(parts) > 3 and login in parts[3].split(",") and parts[2].isdigit():
+        if login and len(parts) > 3 and login in parts[3].split(",") and _number(parts[2]):
             groups.append(int(parts[2]))
     home = entry[5] if entry is not None and entry[5] else "/"
     return [uid, gid, *sorted(set(groups) - {gid})], home
 
 
+def _number(field: str) -> bool:
+    """An id field of the image's passwd/group that int() takes: ASCII digits only ("²".isdigit() is true)."""
+    return field.isascii() and field.isdigit()
+
+
 def _image_text(root: str, path: str) -> str:
-    return (layout.read_file(root, path, 8 << 20) or b"").decode("utf-8", "replace")
+    return (layout.read_file(root, path, 8 << 20, follow_links=True) or b"").decode("utf-8", "replace")
 
 
 def _make_dir(root: str, path: str, owner: tuple[int, int] | None) -> None:
@@ -635,15 +641,7 @@ def build(dockerfile: str, context: str, out: str, *, sandbox: bool = False, bui
     """Build ``dockerfile`` with the build context ``context`` into ``out`` (a SIF, or a sandbox directory)."""
     if not os.path.isdir(context):
         raise BuildError(f"the build context {context} is not a directory")
-    try:
-        with open(dockerfile, "rb") as f:
-            raw = f.read(16 << 20)
-    except OSError as e:
-        raise BuildError(f"cannot read {dockerfile}: {e.strerror}")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BuildError(f"{dockerfile}: the Dockerfile is not UTF-8 text")
+    text = read_text(dockerfile, "the Dockerfile")
     compression = compression or default_compression()
     check_output(out, sandbox=sandbox, force=force, compression=compression)
     context = os.path.abspath(context)

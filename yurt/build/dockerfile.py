@@ -477,6 +477,8 @@ def _json_list(rest: str) -> list[str] | None:
     except (ValueError, RecursionError):
         return None
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        if any("\0" in item for item in value):
+            raise _Fail("a NUL character (\\u0000) in the JSON form: no program can receive it")
         return value
     return None
 

@@ -43,7 +43,7 @@ import tempfile
 
 from yurt.build import agents, layout
 from yurt.build.agents import copy_tree
-from yurt.errors import BuildError, YurtError, warn
+from yurt.errors import BuildError, ImageError, YurtError, warn
 from yurt.runtime.paths import EscapeError, host_path, resolve_in_root
 
 ROOT, SUBUID, SINGLE = "root", "subuid", "single"
@@ -634,16 +634,17 @@ def _sources_digest(src: str, base_dir: str) -> list:
 
 
 def _sandbox_oci_config(root: str) -> dict | None:
-    import json
+    """The OCI config a base sandbox carries (``/.singularity.d/oci-config.json``), read and checked as at run time."""
+    from yurt.image import metadata
 
-    raw = layout.read_file(root, "/.singularity.d/oci-config.json", 1 << 20)
+    raw = layout.read_file(root, "/.singularity.d/oci-config.json")
     if not raw:
         return None
+    what = "the base image's /.singularity.d/oci-config.json"
     try:
-        doc = json.loads(raw)
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
+        return metadata.oci_config(metadata.parse(raw, what), what)
+    except ImageError as e:
+        raise BuildError(e.message)
 
 
 def run_in_container(runner: Runner, sandbox: str, args: list[str], *, writable: bool, fakeroot: bool,
@@ -719,30 +720,41 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt
 
 
+RECIPE_LIMIT = 16 << 20
+
+
+def read_text(path: str, what: str, limit: int = RECIPE_LIMIT) -> str:
+    """A recipe (definition file, Dockerfile, build-arg file) as text: UTF-8, no NUL byte, at most ``limit``
+    bytes; anything else is one BuildError naming the file (and the line)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
+    except OSError as e:
+        raise BuildError(f"cannot read {what} {path}: {e.strerror}")
+    if len(raw) > limit:
+        raise BuildError(f"{path}: {what} is larger than {limit} bytes", "is it the right file?")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise BuildError(f"{path}:{line}: {what} is not UTF-8 text")
+    nul = text.find("\0")
+    if nul >= 0:
+        raise BuildError(f"{path}:{text.count(chr(10), 0, nul) + 1}: {what} contains a NUL byte")
+    return text
+
+
 def read_recipe(recipe_path: str, build_args: dict[str, str] | None, build_arg_file: str | None,
                 warn_unused: bool) -> tuple[str, list]:
     """The rendered text and the parsed, validated stages of a definition file (warnings printed)."""
     from yurt.build import deffile, templating
 
-    try:
-        with open(recipe_path, "rb") as f:
-            raw = f.read(64 << 20)
-    except OSError as e:
-        raise BuildError(f"cannot read {recipe_path}: {e.strerror}")
-    try:
-        text = raw.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError:
-        raise BuildError(f"{recipe_path}: the definition file is not UTF-8 text")
+    text = read_text(recipe_path, "the definition file").removeprefix("\ufeff")
     arg_values: dict[str, str] = {}
     warnings: list[str] = []
     if build_arg_file:
-        try:
-            with open(build_arg_file, encoding="utf-8") as f:
-                arg_values, warnings = templating.parse_arg_file(f.read(), filename=build_arg_file)
-        except OSError as e:
-            raise BuildError(f"cannot read the build-arg file {build_arg_file}: {e.strerror}")
-        except UnicodeDecodeError:
-            raise BuildError(f"{build_arg_file}: not UTF-8 text")
+        arg_values, warnings = templating.parse_arg_file(read_text(build_arg_file, "the build-arg file"),
+                                                         filename=build_arg_file)
     rendered, more = templating.render(text, dict(build_args or {}), arg_values, warn_unused=warn_unused,
                                        filename=recipe_path)
     warnings += more

@@ -39,11 +39,9 @@ def main(command: str, argv: list[str], ctx) -> int:
     if len(positionals) != 1:
         raise UsageError("convert needs one file", f"yurt convert {SYNOPSIS[0]}")
     path = positionals[0]
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}")
+    from yurt.build.executor import read_text
+
+    text = read_text(path, "the recipe")
     to_def = _is_dockerfile(path, text) if values["to"] is None else values["to"] in ("def", "deffile")
     if values["to"] not in (None, "def", "deffile", "dockerfile"):
         raise UsageError(f"unknown format {values['to']!r}", "use def or dockerfile")

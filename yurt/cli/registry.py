@@ -40,11 +40,17 @@ def main(command: str, argv: list[str], ctx) -> int:
         return 0
     if action != "login":
         raise UsageError(f"unknown registry action {action!r}", "use login, logout or list")
-    user = values["username"] or input("Username: ")
     if values["password_stdin"]:
-        password = sys.stdin.readline().rstrip("\n")
+        if not values["username"]:  # stdin holds the password: the user name cannot come from it too
+            raise UsageError("--password-stdin needs --username", "yurt registry login -u USER --password-stdin HOST")
+        user, password = values["username"], _stdin_password()
     else:
-        password = getpass.getpass("Password: ")
+        try:
+            user = values["username"] or input("Username: ")
+            password = getpass.getpass("Password: ")
+        except (EOFError, UnicodeDecodeError):
+            raise UsageError("no user name or password could be read from the terminal",
+                             "give --username and pipe the password in with --password-stdin")
     if not user or not password:
         raise UsageError("a user name and a password are needed")
     from yurt.registry.client import RegistryClient
@@ -55,3 +61,25 @@ def main(command: str, argv: list[str], ctx) -> int:
     auth.save_login(host, user, password)
     print(f"yurt: logged in to {host}")
     return 0
+
+
+PASSWORD_LIMIT = 64 << 10
+
+
+def _stdin_password() -> str:
+    """All of standard input less its final line end (as ``docker login --password-stdin``), checked:
+    empty, not UTF-8, a NUL byte or several lines is one clear UsageError instead of a bad login."""
+    data = sys.stdin.buffer.read(PASSWORD_LIMIT + 1)
+    hint = 'pipe the password or token in: echo "$TOKEN" | yurt registry login -u USER --password-stdin HOST'
+    if len(data) > PASSWORD_LIMIT:
+        raise UsageError(f"--password-stdin: standard input is larger than {PASSWORD_LIMIT} bytes", hint)
+    data = data.removesuffix(b"\n").removesuffix(b"\r")
+    if not data:
+        raise UsageError("--password-stdin: standard input is empty", hint)
+    try:
+        password = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError("--password-stdin: the password is not UTF-8 text", hint)
+    if "\0" in password or "\n" in password or "\r" in password:
+        raise UsageError("--password-stdin: the password holds a NUL byte or a line break", hint)
+    return password

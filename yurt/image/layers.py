@@ -1507,9 +1507,9 @@ def layers_to_sif(
 
     if not isinstance(oci_config, dict):
         raise ImageError("the image configuration is not a JSON object")
-    config = oci_config.get("config") or {}
-    if not isinstance(config, dict):
-        raise ImageError("the image configuration's 'config' member is not a JSON object")
+    from yurt.image import metadata
+
+    config = metadata.oci_config({"config": oci_config.get("config")}, "the image configuration")
     arch = oci_config.get("architecture")
     part_arch = arch_code(arch) if isinstance(arch, str) and arch else host_arch_code()
     if labels is None:

@@ -29,7 +29,6 @@ config's ``rootfs.diff_ids`` (uncompressed digests), or their ``blobs/sha256/<he
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -38,6 +37,7 @@ import tempfile
 from typing import Any
 
 from yurt.errors import ImageError
+from yurt.image import metadata
 from yurt.image.layers import Layer, iter_decompressed, max_image_bytes, sniff_compression
 from yurt.record import Record
 
@@ -110,7 +110,7 @@ class _Store:
         return _pread(path, offset, size, f"{self.label}: {what} {name}")
 
     def read_json(self, name: str, what: str) -> dict:
-        return _parse_json(self.read(name, what), f"{self.label}: {what} {name}")
+        return metadata.parse_object(self.read(name, what), f"{self.label}: {what} {name}")
 
 
 class _DirStore(_Store):
@@ -213,16 +213,6 @@ def _pread(path: str, offset: int, size: int, what: str) -> bytes:
     return data
 
 
-def _parse_json(raw: bytes, what: str) -> dict:
-    try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise ImageError(f"{what}: invalid JSON: {e}")
-    if not isinstance(doc, dict):
-        raise ImageError(f"{what}: not a JSON object")
-    return doc
-
-
 # --- digests -------------------------------------------------------------------------------
 
 
@@ -287,7 +277,8 @@ def _blob_json(store: _Store, desc: dict, what: str) -> dict:
     path, offset, size = _verified_blob(store, desc, what)
     if size > MAX_JSON_BYTES:
         raise ImageError(f"{store.label}: {what} {desc['digest']} is too large ({size} bytes)")
-    return _parse_json(_pread(path, offset, size, f"{store.label}: {what}"), f"{store.label}: {what} {desc['digest']}")
+    raw = _pread(path, offset, size, f"{store.label}: {what}")
+    return metadata.parse_object(raw, f"{store.label}: {what} {desc['digest']}")
 
 
 # --- platforms -----------------------------------------------------------------------------
@@ -500,7 +491,7 @@ def _docker_entry(manifest: list, ref: str | None, label: str) -> dict:
                              f"tags: {', '.join(tags) or 'none'}")
         return entries[0]
     if ref.startswith("@"):
-        if not ref[1:].isdigit() or int(ref[1:]) >= len(entries):
+        if not (ref[1:].isascii() and ref[1:].isdigit()) or int(ref[1:]) >= len(entries):
             raise ImageError(f"{label}: no image {ref} (the archive holds {len(entries)})")
         return entries[int(ref[1:])]
     wanted = {ref, _normalise_ref(ref)}
@@ -564,10 +555,7 @@ def read_docker_archive(path: str | os.PathLike[str], ref: str | None = None, *,
     store, workdir = _archive_store(path, tmpdir, max_bytes)
     try:
         raw = store.read("manifest.json", "docker manifest")
-        try:
-            manifest = json.loads(raw)
-        except ValueError as e:
-            raise ImageError(f"{path}: manifest.json: invalid JSON: {e}")
+        manifest = metadata.parse(raw, f"{path}: manifest.json")
         if not isinstance(manifest, list):
             raise ImageError(f"{path}: manifest.json is not a list", "is this a docker save archive?")
         entry = _docker_entry(manifest, ref, path)
@@ -585,7 +573,7 @@ def read_docker_archive(path: str | os.PathLike[str], ref: str | None = None, *,
             if actual != named:
                 raise ImageError(f"{path}: image config {config_name} does not match its digest (content has "
                                  f"{actual})")
-        config = _parse_json(config_raw, f"{path}: image config {config_name}")
+        config = metadata.parse_object(config_raw, f"{path}: image config {config_name}")
         where = f"{path}: image {config_digest}"
         _check_config(config, len(layer_names), where)
         rootfs = config.get("rootfs")

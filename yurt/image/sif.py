@@ -354,7 +354,7 @@ class SifFile:
             raise ImageError(f"{path}: not a SIF image (no SIF_MAGIC)")
         header = _parse_header(raw)
         # load.go: a version newer than ours may change the layout.
-        if not header.version.isdigit() or int(header.version) > int(CURRENT_VERSION):
+        if not (header.version.isascii() and header.version.isdigit()) or int(header.version) > int(CURRENT_VERSION):
             raise ImageError(
                 f"{path}: unsupported SIF version {header.version!r}", f"yurt reads up to {CURRENT_VERSION}"
             )

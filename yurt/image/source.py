@@ -35,27 +35,24 @@ class Image(Record):
         return os.path.basename(self.path.rstrip("/"))
 
     def oci_config(self) -> dict | None:
+        """The OCI config's ``config`` member (Env, Entrypoint, Cmd, WorkingDir, ...), its types checked.
+
+        A sandbox's ``.singularity.d/oci-config.json`` is read inside the image without following
+        links (:mod:`yurt.image.inroot`); anything hostile is an ImageError.
+        """
         raw = self.objects.get("oci-config.json")
+        where = "the OCI config object"
         if raw is None and self.kind == "sandbox":
-            raw = _read_small(os.path.join(self.path, ".singularity.d", "oci-config.json"))
+            from yurt.image import inroot
+
+            raw = inroot.read_file(self.path, "/.singularity.d/oci-config.json", where=self.path)
+            where = "/.singularity.d/oci-config.json"
         if not raw:
             return None
-        import json
+        from yurt.image import metadata
 
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            raise ImageError(f"{self.path}: the image's OCI config is not valid JSON")
-        # Accept both a full image config and its "config" member.
-        return doc.get("config", doc) if isinstance(doc, dict) else None
-
-
-def _read_small(path: str, limit: int = 1 << 20) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read(limit)
-    except OSError:
-        return None
+        what = f"{self.path}: {where}"
+        return metadata.oci_config(metadata.parse(raw, what), what)
 
 
 def open_image(ref: str) -> Image:

@@ -64,7 +64,7 @@ def _read_config(path: Path) -> dict:
         return {}
     try:
         doc = json.loads(text) if text.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         raise YurtError(f"{path} is not valid JSON", "fix or remove the file")
     if not isinstance(doc, dict):
         raise YurtError(f"{path} is not a JSON object", "fix or remove the file")

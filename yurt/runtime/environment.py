@@ -31,15 +31,30 @@ ALWAYS_KEEP = ("TERM", "http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "al
 PATH_EDITS = ("PREPEND_PATH", "APPEND_PATH")
 
 
+ENV_FILE_LIMIT = 4 << 20
+
+
 def parse_env_file(path: str) -> dict[str, str]:
-    """Read ``K=V`` lines (``#`` comments, optional ``export``, quotes stripped)."""
+    """Read ``K=V`` lines (``#`` comments, optional ``export``, quotes stripped).
+
+    The file is the user's (a pipe such as ``<(...)`` works), but it must be UTF-8 text without
+    NUL bytes and at most 4 MiB: anything else is one UsageError naming the file and line.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, "rb") as f:
+            data = f.read(ENV_FILE_LIMIT + 1)
     except OSError as e:
         raise UsageError(f"cannot read --env-file {path}: {e.strerror}")
+    if len(data) > ENV_FILE_LIMIT:
+        raise UsageError(f"--env-file {path} is larger than {ENV_FILE_LIMIT} bytes", "is it the right file?")
     out: dict[str, str] = {}
-    for n, raw in enumerate(lines, 1):
+    for n, raw_bytes in enumerate(data.splitlines(), 1):
+        try:
+            raw = raw_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"--env-file {path}:{n}: not UTF-8 text")
+        if "\0" in raw:
+            raise UsageError(f"--env-file {path}:{n}: contains a NUL byte")
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

@@ -131,6 +131,27 @@ def parse_binds(items: list[str]) -> list[Bind]:
     return out
 
 
+# Binds that would hide the kernel's file systems are refused (runc, Apptainer): at /, /proc, /sys and
+# /dev, and anywhere below /proc or /sys except the /proc files runc lets lxcfs replace.  Below /dev
+# (/dev/shm, /dev/infiniband, GPU nodes) is legitimate and stays allowed.
+PROTECTED_DESTINATIONS = ("/", "/proc", "/sys", "/dev")
+KERNEL_TREES = ("/proc", "/sys")
+LXCFS_PROC_FILES = ("/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat", "/proc/swaps",
+                    "/proc/uptime", "/proc/loadavg", "/proc/slabinfo", "/proc/net/dev",
+                    "/proc/sys/kernel/ns_last_pid")
+
+
+def check_bind_destination(destination: str, what: str = "bind destination") -> None:
+    """UsageError when a user's bind (or ``--home``) would go over ``/``, ``/proc``, ``/sys`` or ``/dev``."""
+    dst = _normalise(destination)
+    if dst in PROTECTED_DESTINATIONS:
+        hidden = "the whole image" if dst == "/" else f"the kernel's {dst}"
+        raise UsageError(f"{what} {dst} would hide {hidden}", "choose another destination")
+    if dst not in LXCFS_PROC_FILES and any(dst.startswith(t + "/") for t in KERNEL_TREES):
+        raise UsageError(f"{what} {dst} would hide files of the kernel's {dst.split('/')[1]} file system",
+                         "choose another destination")
+
+
 def _normalise(path: str) -> str:
     """normpath, and one leading slash: POSIX lets normpath keep "//", which would sort wrongly."""
     return "/" + posixpath.normpath(path).lstrip("/")
@@ -195,6 +216,7 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None, c
         home_dst = dst or home_src
         if not home_dst.startswith("/"):
             raise UsageError(f"--home destination {home_dst!r} must be absolute")
+        check_bind_destination(home_dst, "--home destination")
 
     mounts: list[Mount] = []
     # 1. /dev
@@ -239,6 +261,8 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None, c
                         optional=True))
     # 7. site and user binds, parents before children (a user bind replaces a site bind to the same place)
     binds = parse_binds(req.binds)
+    for b in binds:
+        check_bind_destination(b.destination)
     if site is not None:
         for b in binds:
             site.check_bind(b.source, "bind source")
@@ -383,8 +407,8 @@ def _image_config(req: ActionRequest) -> tuple[dict[str, str], list[str] | None,
     cfg = req.image.oci_config() or {}
     env: dict[str, str] = {}
     for item in cfg.get("Env") or []:
-        k, sep, v = str(item).partition("=")
-        if sep:
+        k, sep, v = item.partition("=")
+        if sep and k:  # execve refuses an empty name
             env[k] = v
     entry = list(cfg.get("Entrypoint") or [])
     cmd = list(cfg.get("Cmd") or [])

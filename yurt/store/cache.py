@@ -200,7 +200,7 @@ class Store:
         """What :meth:`set_ref` stored for ``reference``: ``{"reference", "digest", "time", **extra}``."""
         try:
             data = json.loads(self._ref_path(reference).read_bytes())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
         if not isinstance(data, dict) or data.get("reference") != reference:
             return None
@@ -361,7 +361,7 @@ class Store:
             try:
                 data = json.loads(Path(de.path).read_bytes())
                 name = f"{data['reference']} -> {data['digest']}"
-            except (OSError, ValueError, TypeError, KeyError):
+            except (OSError, ValueError, TypeError, KeyError, RecursionError):
                 name = de.name
             out.append(_entry("ref", name, Path(de.path)))
         return [e for e in out if e is not None]
