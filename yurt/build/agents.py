@@ -222,7 +222,7 @@ def _unpack(image, name: str, dest: str, runner) -> Bootstrapped:
         raise BuildError(f"{name} is not a SIF, squashfs or directory image")
     from yurt.image.squashfs import unsquashfs_extract
 
-    runner.call(unsquashfs_extract, image.path, image.offset, dest)
+    runner.call(unsquashfs_extract, image.path, image.offset, dest, image_fd=image.fd)
     config = image.oci_config()
     return Bootstrapped(oci_config=config if isinstance(config, dict) else None, description=f"unpacked {name}")
 
