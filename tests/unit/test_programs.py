@@ -140,3 +140,31 @@ def test_config_show_says_whether_a_policy_is_in_force(site, capsys):
     show.main("config", ["show"], None)
     out = capsys.readouterr().out
     assert "# site policy: in force" in out and "helper_path = [" in out
+
+
+def test_gpu_integration_binds_are_checked_against_deny_binds(tmp_path, monkeypatch):
+    """--nv finds files through the user's PATH and YURT_DRIVER_ROOT: a link there into a denied path is refused."""
+    monkeypatch.setattr(config, "SITE_CONFIG", str(tmp_path / "etc" / "yurt.toml"))  # no real site file
+    from test_gpu import make_driver_tree, spec_with_dev
+
+    from yurt.errors import PolicyError
+    from yurt.runtime.hooks import integrate
+
+    root = make_driver_tree(tmp_path / "drv")
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "key").write_text("x")
+    (secret / "key").chmod(0o755)
+    smi = root / "usr/bin/nvidia-smi"
+    smi.unlink()
+    smi.symlink_to(secret / "key")
+    env = {"YURT_DRIVER_ROOT": str(root), "PATH": "", "YURT_SYSCONFDIR": str(tmp_path / "etc"),
+           "HOME": str(tmp_path)}
+    site = tmp_path / "site.toml"
+    site.write_text(f'deny_binds = ["{secret}"]\n')
+    cfg = config.load({**env, "YURT_SITE_CONFIG": str(site)})
+    integrate(spec_with_dev(contain=False), nv=True, env=env)  # no site: bound as before
+    with pytest.raises(PolicyError, match="nvidia integration bind"):
+        integrate(spec_with_dev(contain=False), nv=True, env=env, site=cfg)
+    site.write_text(f'deny_binds = ["{tmp_path / "elsewhere"}"]\n')
+    integrate(spec_with_dev(contain=False), nv=True, env=env, site=config.load({**env, "YURT_SITE_CONFIG": str(site)}))
