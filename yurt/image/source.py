@@ -88,6 +88,7 @@ def _open_once(ref: str) -> int:
         raise ImageError(f"image {ref} not found", "give the path of a .sif file or a directory")
     except OSError as e:
         raise ImageError(f"cannot open image {ref}: {e.strerror}")
+    keep = False
     try:
         mode = os.fstat(probe).st_mode
         if stat.S_ISDIR(mode):
@@ -98,10 +99,16 @@ def _open_once(ref: str) -> int:
             raise ImageError(f"{ref} is neither a file nor a directory")
         try:
             return os.open(f"/proc/self/fd/{probe}", flags)
+        except PermissionError as e:
+            if not stat.S_ISDIR(mode):
+                raise ImageError(f"cannot open image {ref}: {e.strerror}")
+            keep = True  # a directory we may enter but not list (0711): its O_PATH descriptor does
+            return probe
         except OSError as e:
             raise ImageError(f"cannot open image {ref}: {e.strerror}")
     finally:
-        os.close(probe)
+        if not keep:
+            os.close(probe)
 
 
 def _identify(ref: str, fd: int) -> Image:
