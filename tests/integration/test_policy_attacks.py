@@ -96,6 +96,12 @@ def other_user(test_user):
     return other
 
 
+def _pythonpath(user) -> dict[str, str]:
+    """How ``test_user`` makes ``python -m yurt`` import the yurt under test (nothing when it is installed)."""
+    repo = getattr(user, "repo", None)
+    return {"PYTHONPATH": str(repo)} if repo else {}
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, busybox_rootfs):
     """``<shared>/images/{good,good.sif}`` (allowed), ``<shared>/elsewhere/{bad,bad.sif,bad.sqfs}`` (not),
@@ -111,8 +117,7 @@ def world(tmp_path_factory, busybox_rootfs):
             for path in (shared / where, tree):
                 os.chmod(path, 0o755)
             r = subprocess.run([sys.executable, "-m", "yurt", "build", str(tree) + ".sif", str(tree)],
-                               capture_output=True, text=True, timeout=300,
-                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+                               capture_output=True, text=True, timeout=300, cwd="/")
             assert r.returncode == 0, r.stderr
             os.chmod(str(tree) + ".sif", 0o644)
         subprocess.run(["mksquashfs", str(shared / "elsewhere" / "bad"), str(shared / "elsewhere" / "bad.sqfs"),
@@ -141,8 +146,9 @@ def as_user(user, script: str, *, env: dict[str, str] | None = None, timeout: fl
     """``sh -c script`` as ``user`` with yurt importable (``yurt`` is ``python -m yurt``)."""
     yurt = f"{sys.executable} -m yurt"
     extra = [f"{k}={v}" for k, v in (env or {}).items()]
-    argv = ["runuser", "-u", user.name, "--", "env", f"PYTHONPATH={user.repo}", f"HOME={user.pw.pw_dir}",
-            f"YURT={yurt}", *extra, "sh", "-c", script]
+    path = [f"{k}={v}" for k, v in _pythonpath(user).items()]
+    argv = ["runuser", "-u", user.name, "--", "env", *path, f"HOME={user.pw.pw_dir}", f"YURT={yurt}", *extra,
+            "sh", "-c", script]
     return subprocess.run(argv, capture_output=True, text=True, cwd="/", timeout=timeout)
 
 
