@@ -29,6 +29,8 @@ VENV_PYTHON ?= python3
 endif
 
 TEST_USER ?= yurttest
+# A second unprivileged user: the site-policy tests attack one user's files as the other.
+OTHER_USER ?= yurtother
 # Where the tree is copied for the unprivileged test user (the clone may live in a 0700 /root).
 STAGE_PARENT ?= /var/tmp/yurt-ci
 STAGE ?= $(STAGE_PARENT)/src
@@ -114,10 +116,12 @@ ifeq ($(IS_ROOT),1)
 
 # The unprivileged test user, with a subordinate id range for --fakeroot / newuidmap.
 test-user:
-	if ! id -u '$(TEST_USER)' >/dev/null 2>&1; then
-		echo "==> useradd -m $(TEST_USER)"
-		useradd -m -U -s /bin/bash '$(TEST_USER)'
-	fi
+	for u in '$(TEST_USER)' '$(OTHER_USER)'; do
+		if ! id -u "$$u" >/dev/null 2>&1; then
+			echo "==> useradd -m $$u"
+			useradd -m -U -s /bin/bash "$$u"
+		fi
+	done
 	# A supplementary group, so the tests can check that groups survive the user namespace.
 	if ! id -nG '$(TEST_USER)' | grep -qw users; then
 		echo "==> usermod -aG users $(TEST_USER)"

@@ -37,6 +37,11 @@ each came from):
     bootstrap of ``yurt build`` may talk to.  ``docker.io`` means Docker Hub;
     ``"docker.io/library"`` allows only its official images.  ``[]`` allows none.  Images from an
     allowed registry are run from the cache without the two image checks above.
+``helper_path`` (list of absolute directories, site file only; default ``["/usr/libexec/yurt",
+    "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]``)
+    Where yurt looks for the programs it runs itself (``squashfuse_ll``, ``unsquashfs``,
+    ``mksquashfs``, ``tar2sqfs``, ``newuidmap``...) while a site policy is in force; see "Site policy"
+    below.  Without a policy they come from ``PATH``.
 ``require_signed_images`` (boolean, site file only; default ``false``)
     yurt cannot sign or verify images yet, so ``true`` is rejected with an error instead of being
     silently ignored.
@@ -58,7 +63,8 @@ each came from):
 Precedence: built-in default < site file < user file < environment (``YURT_CONTAIN``,
 ``YURT_SQUASHFS_THREADS``, ``YURT_CACHEDIR``, ``YURT_LOCAL_CACHEDIR``) < command-line flags, except
 that the policy keys (``site_binds``, ``deny_binds``, ``allowed_image_paths``,
-``allowed_image_owners``, ``allowed_registries``, ``require_signed_images``) come only from the site
+``allowed_image_owners``, ``allowed_registries``, ``require_signed_images``, ``helper_path``) come only
+from the site
 file: a user file that sets one is an error (saying so), and no environment variable touches them.
 They are site-only rather than "may only narrow" because that rule is simple to audit.
 
@@ -72,9 +78,33 @@ namespace, where anyone can be uid 0.
 
 Unknown keys and values of the wrong type are errors naming the file, the key and its line.
 
+Site policy: a policy is *in force* when the site file that was read sets any of the site-only
+keys above (:attr:`Config.policy`).  Then yurt assumes the user may be hostile and trusts nothing the
+user can change between a check and its use:
+
+* programs yurt runs itself (:mod:`yurt.programs`) come only from ``helper_path``, each directory and
+  the program itself (symbolic links resolved) owned by root and not writable by group or others,
+  and they run without the user's ``LD_*`` variables; never from the user's ``PATH``;
+* an image named by path is opened once (:func:`yurt.image.source.open_image`); the owner and the
+  location rules are checked on that open file (``fstat``, and the path the kernel reports for it),
+  and only that descriptor is handed to the loop device, ``squashfuse`` and ``unsquashfs``; a
+  directory image is bound from the path the kernel reported and refused unless the bound tree is
+  the very directory that was checked (same device and inode);
+* an unpacked copy (``--unsquash``, or no usable FUSE) is not taken from the shared node-local cache,
+  which the user can write: it is unpacked for this run only, into a tmpfs inside the container's own
+  mount namespace (:class:`yurt.image.rootfs.ExtractedSquashfs`), and is gone when the container
+  ends.  A digest manifest would not help: yurt runs as the user, so any manifest it can write the
+  user can forge, and a tree checked at start-up stays writable by the user while it runs.
+
+Without a policy yurt behaves as before: ``PATH`` is searched, and ``--unsquash`` storms share one
+unpacked copy per node.  Per-user directories in shared places (``/tmp/yurt-<uid>``,
+``/var/tmp/yurt-<uid>``) are never trusted, policy or not (:mod:`yurt.store.userdir`).
+
 What the policy means: yurt runs with the user's own privileges (no setuid, no daemon), so these
-rules bind what yurt does, not what the user could do with other tools; they state the site's rules
-and stop mistakes, and file permissions remain the security boundary.
+rules bind what the installed yurt does, not what the user could do with other tools (their own copy
+of yurt, a preloaded library, ``unshare``); they state the site's rules, make sure no file, link,
+cache or ``PATH`` entry the user controls can steer yurt around them, and file permissions remain the
+security boundary.
 """
 
 from __future__ import annotations
@@ -115,6 +145,9 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("allowed_registries", "registries", SITE_ONLY, None, None,
         "registries pull, push, exec docker:// and build may use"),
     Key("require_signed_images", "bool", SITE_ONLY, False, None, "not supported yet: true is an error"),
+    Key("helper_path", "paths", SITE_ONLY, ("/usr/libexec/yurt", "/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
+                                             "/usr/bin", "/sbin", "/bin"), None,
+        "under a site policy, programs yurt runs come only from these root-owned directories"),
     Key("contain", "bool", DEFAULT, False, "YURT_CONTAIN", "run as if --contain were given"),
     Key("squashfs_threads", "count", CEILING, 0, "YURT_SQUASHFS_THREADS",
         "most threads mksquashfs/tar2sqfs may use (0: no limit)"),
@@ -130,7 +163,7 @@ _FALSE = ("0", "false", "no", "off", "")
 class Config:
     """The effective settings: one attribute per key, and ``sources[key]`` saying where it came from."""
 
-    __slots__ = (*KEYS, "sources", "site_file", "user_file", "notes")
+    __slots__ = (*KEYS, "sources", "site_file", "user_file", "notes", "policy")
 
     site_binds: tuple[str, ...]
     deny_binds: tuple[str, ...]
@@ -138,6 +171,7 @@ class Config:
     allowed_image_owners: tuple[str | int, ...] | None
     allowed_registries: tuple[str, ...] | None
     require_signed_images: bool
+    helper_path: tuple[str, ...]
     contain: bool
     squashfs_threads: int
     cache_dir: str
@@ -148,6 +182,7 @@ class Config:
         self.site_file: str | None = None  # the site file read, if any
         self.user_file: str | None = None
         self.notes: list[str] = []  # things `config show` should mention (an ignored override)
+        self.policy = False  # the site file read sets a site-only key: assume a hostile user (module docstring)
 
     def as_dict(self) -> dict[str, object]:
         return {name: _plain(getattr(self, name)) for name in KEYS}
@@ -173,12 +208,26 @@ class Config:
             raise PolicyError(f"{what} {path} is not allowed: the site denies binding {denied}",
                               f"deny_binds in {self.site_file or SITE_CONFIG}")
 
-    def check_image(self, path: str) -> None:
-        """Refuse an image named by path that lies outside ``allowed_image_paths`` or has the wrong owner."""
+    def check_image(self, path: str, fd: int | None = None) -> None:
+        """Refuse an image named by path that lies outside ``allowed_image_paths`` or has the wrong owner.
+
+        With ``fd`` (the image as :func:`yurt.image.source.open_image` opened it) both rules are checked
+        on that open file: its owner from ``fstat``, its location from ``/proc/self/fd`` (where the kernel
+        says the file it opened lives), so swapping a symbolic link after the open changes nothing.
+        """
         if self.allowed_image_paths is None and self.allowed_image_owners is None:
             return
         where = self.site_file or SITE_CONFIG
-        real = os.path.realpath(path)
+        if fd is not None:
+            try:
+                st = os.fstat(fd)
+                real = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError as e:
+                raise ImageError(f"cannot check image {path}: {e.strerror}")
+            if st.st_nlink == 0 or not real.startswith("/"):
+                raise ImageError(f"image {path} was removed while it was being opened", "try again")
+        else:
+            real = os.path.realpath(path)
         if self.allowed_image_paths is not None:
             prefixes = [p for entry in self.allowed_image_paths for p in (entry, os.path.realpath(entry))]
             if not any(_beneath(real, p) for p in prefixes):
@@ -187,7 +236,7 @@ class Config:
                                   f"allowed_image_paths in {where}")
         if self.allowed_image_owners is not None:
             try:
-                uid = os.stat(real).st_uid
+                uid = os.fstat(fd).st_uid if fd is not None else os.stat(real).st_uid
             except OSError as e:
                 raise ImageError(f"cannot check the owner of image {path}: {e.strerror}")
             uids = {_owner_uid(o, where) for o in self.allowed_image_owners}
@@ -289,6 +338,7 @@ def load(environ: dict[str, str] | os._Environ | None = None) -> Config:
         if key.kind == "dir" and source == "default":
             value = _expand(str(value), env, "built-in default", name)
         _set(cfg, name, value, source)
+    cfg.policy = bool(site_values) and any(KEYS[name].scope == SITE_ONLY for name in site_values)
     if cfg.require_signed_images:
         raise ConfigError(f"{site}: require_signed_images = true cannot be honoured: yurt cannot sign or verify "
                           "images yet", "remove the setting or set it to false until signing exists")

@@ -213,8 +213,7 @@ def test_missing_zstd_program(tmp_path, monkeypatch):
     raw = tar_bytes([f("a")])
     path = tmp_path / "fake.zst"
     path.write_bytes(b"\x28\xb5\x2f\xfd" + raw)
-    real_which = shutil.which
-    monkeypatch.setattr(L.shutil, "which", lambda name: None if name == "zstd" else real_which(name))
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no zstd (nor anything else) to be found
     with pytest.raises(ImageError, match="zstd program is not installed"):
         merged([Layer(str(path), TAR + "+zstd", "sha256:z")])
 

@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 from yurt.errors import BuildError
+from yurt.programs import require
 
 FORMAT = 1
 LAYER = "layer.tar"
@@ -157,7 +158,8 @@ def _write_tar(root: str, layer_path: str, changed: list[str], whiteouts: list[s
             os.fsync(out.fileno())
             return
         listing = "\0".join(changed).encode() + b"\0"
-        proc = subprocess.run(["tar", "--create", "--file=-", f"--directory={root}", "--no-recursion", "--null",
+        proc = subprocess.run([require("tar", None, BuildError), "--create", "--file=-", f"--directory={root}",
+                               "--no-recursion", "--null",
                                "--files-from=-", "--numeric-owner", "--format=posix", "--xattrs",
                                "--pax-option=delete=atime,delete=ctime"],
                               input=listing, stdout=out, stderr=subprocess.PIPE)
@@ -176,7 +178,8 @@ def restore(layer_paths: list[str], dest: str) -> None:
     os.mkdir(dest, 0o755)
     owner = ["--same-owner", "--numeric-owner"] if os.geteuid() == 0 else ["--no-same-owner"]
     with tempfile.TemporaryFile() as errors:  # not a pipe: tar's complaints must never block the stream
-        proc = subprocess.Popen(["tar", "--extract", "--file=-", f"--directory={dest}", "--preserve-permissions",
+        tar = require("tar", None, BuildError)
+        proc = subprocess.Popen([tar, "--extract", "--file=-", f"--directory={dest}", "--preserve-permissions",
                                  "--xattrs", "--xattrs-include=*", *owner], stdin=subprocess.PIPE, stderr=errors)
         assert proc.stdin is not None
         try:

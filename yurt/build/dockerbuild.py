@@ -154,7 +154,10 @@ def extract_archive(archive: str, dest: str) -> None:
     import subprocess
 
     os.makedirs(dest, exist_ok=True)
-    proc = subprocess.run(["tar", "--extract", f"--file={archive}", f"--directory={dest}", "--no-same-owner",
+    from yurt.programs import require
+
+    tar = require("tar", None, BuildError)
+    proc = subprocess.run([tar, "--extract", f"--file={archive}", f"--directory={dest}", "--no-same-owner",
                            "--same-permissions"], stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BuildError(f"ADD: cannot unpack {os.path.basename(archive)}: {proc.stderr.strip()[-300:]}")

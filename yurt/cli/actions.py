@@ -166,6 +166,6 @@ def _rootfs_for(image, unsquash: bool, debug: bool):
     from yurt.image import rootfs
 
     if image.kind == "sandbox":
-        return rootfs.DirectoryRootfs(image.path)
+        return rootfs.DirectoryRootfs(image.path, fd=image.fd)
     return rootfs.squashfs_rootfs(image.path, image.offset, image.size, real_root=os.geteuid() == 0,
-                                  unsquash=unsquash, debug=debug)
+                                  unsquash=unsquash, debug=debug, fd=image.fd)

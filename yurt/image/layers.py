@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -291,7 +290,9 @@ class _ZstdPipe:
     def __init__(self, layer: Layer, budget: _Budget) -> None:
         self.label = layer.label
         self.budget = budget
-        exe = shutil.which("zstd")
+        from yurt.programs import find, helper_env
+
+        exe = find("zstd")
         if exe is None:
             raise ImageError(f"layer {self.label} is zstd-compressed but the zstd program is not installed",
                              "install zstd")
@@ -302,7 +303,7 @@ class _ZstdPipe:
         try:
             self.proc = subprocess.Popen(
                 [exe, "-d", "-c", "-q"], stdin=region.f if whole else subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=self._err,
+                stdout=subprocess.PIPE, stderr=self._err, env=helper_env(),
             )
         except OSError as e:
             region.close()
@@ -1425,9 +1426,9 @@ def tar_to_squashfs(
     if nproc < 1:
         raise ImageError(f"tar2sqfs needs at least one processor, got {nproc}")
     epoch = min(max(_epoch(reproducible_epoch), 0), _MAX_MTIME)
-    exe = shutil.which("tar2sqfs")
-    if exe is None:
-        raise ImageError("tar2sqfs not found in PATH", "install squashfs-tools-ng")
+    from yurt.programs import helper_env, require
+
+    exe = require("tar2sqfs", "install squashfs-tools-ng", ImageError)
     directory = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(directory):
         raise ImageError(f"cannot write {out_path}: directory {directory} does not exist")
@@ -1438,7 +1439,7 @@ def tar_to_squashfs(
     with tempfile.TemporaryFile() as err:
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
-                                    bufsize=1 << 20)
+                                    bufsize=1 << 20, env=helper_env())
         except OSError as e:
             raise ImageError(f"cannot run tar2sqfs: {e.strerror}", "install squashfs-tools-ng")
         assert proc.stdin is not None

@@ -342,6 +342,17 @@ class SifFile:
             raise
 
     @classmethod
+    def from_fd(cls, path: str, fd: int) -> SifFile:
+        """Validate the SIF already open as ``fd`` (``path`` names it in messages); the SifFile reads and
+        closes a duplicate, ``fd`` stays the caller's."""
+        dup = os.dup(fd)
+        try:
+            return cls._load(path, dup)
+        except BaseException:
+            os.close(dup)
+            raise
+
+    @classmethod
     def _load(cls, path: str, fd: int) -> SifFile:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

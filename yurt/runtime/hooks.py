@@ -225,7 +225,12 @@ def integrate(spec: ContainerSpec, *, nv: bool = False, rocm: bool = False, mpi:
         cdi.apply(spec, devices, cdi.cdi_dirs(cdi_dirs), site)
     for name, path in collect(site_dir(env), [user_dir(env), *(hooks_dirs or [])]):
         if path is None:
+            before = len(spec.mounts)
             _builtin(name, spec, env, nv=nv, rocm=rocm, mpi=mpi)
+            if site is not None:  # host files found through the user's PATH, YURT_DRIVER_ROOT, YURT_MPI_LIBRARY...
+                for m in spec.mounts[before:]:
+                    if m.kind == "bind" and m.source:
+                        site.check_bind(m.source, f"{name[len('yurt-'):-len('.json')]} integration bind")
             continue
         d = load(path)
         if matches(d, spec.process.args, spec.annotations, has_bind_mounts):

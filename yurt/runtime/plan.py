@@ -382,7 +382,8 @@ def _site_binds(site, taken: set[str]) -> list[Bind]:
 
 def _check_image(req: ActionRequest, site) -> None:
     """The site's image location/owner rules, on what the user named (a registry image is checked by the
-    registry policy when it is pulled; an ``oci:``/archive source by its path)."""
+    registry policy when it is pulled; an ``oci:``/archive source by its path; an image named by path on
+    the descriptor open_image opened, which is what runs)."""
     if site.allowed_image_paths is None and site.allowed_image_owners is None:
         return
     ref = req.image_ref or req.image.path
@@ -391,8 +392,9 @@ def _check_image(req: ActionRequest, site) -> None:
     if ref.startswith(("oci:", "oci-archive:", "docker-archive:")):
         from yurt.image.oci_local import parse_source
 
-        ref = parse_source(ref)[1]
-    site.check_image(ref)
+        site.check_image(parse_source(ref)[1])
+        return
+    site.check_image(ref, req.image.fd)
 
 
 def _host_cwd() -> str | None:

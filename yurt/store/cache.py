@@ -40,6 +40,7 @@ from yurt.errors import ImageError, RuntimeSetupError, YurtError
 from yurt.record import Record
 from yurt.store.atomic import fsync_path
 from yurt.store.locks import LocksUnsupported, acquire, try_lock
+from yurt.store.userdir import own_dir, peek
 
 KINDS = ("blob", "sif", "unpacked", "ref", "build")
 #: A temporary entry untouched this long is abandoned even if its pid looks alive (pid reuse, other hosts).
@@ -87,7 +88,9 @@ class Store:
     def __init__(self, root: str | os.PathLike[str] | None = None,
                  local_root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root).absolute() if root is not None else default_root()
-        self.local_root = Path(local_root).absolute() if local_root is not None else default_local_root()
+        # A /var/tmp/yurt-<uid> another user planted is never used (yurt.store.userdir): its fallback is.
+        self.local_root = Path(peek(str(Path(local_root).absolute() if local_root is not None
+                                        else default_local_root())))
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         if not self.root.is_dir():
             raise RuntimeSetupError(f"cache directory {self.root} is not a directory", "check YURT_CACHEDIR")
@@ -532,13 +535,9 @@ class Store:
         return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
 
     def _local_dir(self, sub: str) -> Path:
-        try:
-            os.mkdir(self.local_root, 0o700)
-        except FileExistsError:
-            pass
-        if not self._local_ok():
-            raise RuntimeSetupError(f"{self.local_root} is not a directory owned by you",
-                                    "set YURT_LOCAL_CACHEDIR to a private node-local directory")
+        root = Path(own_dir(str(self.local_root), "set YURT_LOCAL_CACHEDIR to a private node-local directory"))
+        if root != self.local_root:  # planted by someone else: from now on, our private fallback
+            self.local_root, self.unpacked = root, root / "unpacked"
         return _mkdirs(self.local_root / sub)
 
 
