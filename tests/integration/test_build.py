@@ -372,7 +372,7 @@ def test_build_from_sif_and_directory_source_still_works(yurt_cmd, busybox_rootf
 
 def test_errors_are_one_line(yurt_cmd, tmp_path):
     r = yurt_cmd("build", tmp_path / "x.sif", write(tmp_path / "d.def", "Bootstrap: debootstrap\n"
-                                                   "OSVersion: bookworm\nMirrorURL: http://deb.debian.org/debian\n"))
+                                                   "OSVersion: bookworm\nMirrorURL: http://mirror.example/debian\n"))
     assert r.returncode == 255
     assert "Bootstrap: debootstrap needs root (use a docker/localimage bootstrap, or build as root)" in r.stderr
     r = yurt_cmd("build", tmp_path / "x.sif", write(tmp_path / "y.def", "Bootstrap: yum\n"))
