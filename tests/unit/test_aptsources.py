@@ -134,6 +134,17 @@ def test_the_main_archive_not_security_updates_or_third_party(tmp_path):
                                                os.path.join(root, "etc/apt/sources.list.d/debian.sources"))
 
 
+def test_the_archive_keyring_beats_an_unsigned_entry_listed_first(tmp_path):
+    root = make_root(tmp_path, {
+        "sources.list.d/00-vendor.list": "deb http://vendor.example/apt bookworm main\n",
+        "sources.list.d/debian.sources": DEB822,
+    })
+    assert apt.host_mirror(root).uri == "http://mirror.example/debian"
+    root = make_root(tmp_path / "2", {"sources.list.d/00-vendor.list": "deb http://vendor.example/apt bookworm main\n",
+                                      "sources.list.d/debian.sources": DEB822.replace(f"Signed-By: {KEYRING}\n", "")})
+    assert apt.host_mirror(root).uri == "http://vendor.example/apt"  # nothing tells them apart: apt's order
+
+
 def test_needs_main_a_deb_entry_and_a_method_debootstrap_can_fetch(tmp_path):
     root = make_root(tmp_path, {"sources.list": (
         "deb-src http://src.example/debian bookworm main\n"

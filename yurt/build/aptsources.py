@@ -196,17 +196,23 @@ def archive_mirror(suites: tuple[str, ...] | list[str], root: str = "/") -> Mirr
 
     Only binary (``deb``) entries for exactly that suite (not ``-security`` or ``-updates``)
     with the ``main`` component, fetchable by debootstrap; among them one signed by a
-    distribution's archive keyring (or by apt's default keys) beats a third-party repository
-    that happens to use the same suite name.
+    distribution's archive keyring, then one with apt's default keys, beats a third-party
+    repository that happens to use the same suite name (apt's order breaks ties).
     """
     sources = read_sources(root)
     for suite in suites:
         found = [s for s in sources if s.suite == suite and "deb" in s.types and "main" in s.components
                  and s.uri.startswith(_FETCHABLE)]
-        found.sort(key=lambda s: 0 if not s.signed_by or _ARCHIVE_KEYRING.fullmatch(s.signed_by) else 1)
+        found.sort(key=_trust)
         if found:
             return Mirror(found[0].uri, suite, found[0].origin)
     return None
+
+
+def _trust(source: Source) -> int:
+    if _ARCHIVE_KEYRING.fullmatch(source.signed_by):
+        return 0
+    return 1 if not source.signed_by else 2
 
 
 def host_mirror(root: str = "/") -> Mirror | None:
