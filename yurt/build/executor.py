@@ -709,6 +709,8 @@ def run_in_container(runner: Runner, sandbox: str, args: list[str], *, writable:
         except YurtError as e:
             os.write(2, f"yurt: error: {e}\n".encode())
             code = e.exit_code
+        except KeyboardInterrupt:  # Ctrl-C while the container starts: the build says "interrupted"
+            code = 130
         except BaseException as e:  # noqa: BLE001 - the child must never return into the build
             os.write(2, f"yurt: error: cannot start the build container: {e}\n".encode())
         finally:
