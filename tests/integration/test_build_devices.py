@@ -122,12 +122,19 @@ def _user_env(shared: Path, **more: str) -> dict[str, str]:
 
 
 @pytest.mark.root
+@pytest.mark.parametrize("source", ["sif", "directory"])
 @pytest.mark.parametrize("mode", ["subuid", "single"])
-def test_rootless_post_on_a_base_with_device_nodes(base_sif, shared, test_user, mode):
+def test_rootless_post_on_a_base_with_device_nodes(base_sif, shared, test_user, mode, source):
     if mode == "subuid" and not _has_subuid(test_user.name):
         pytest.skip(f"{test_user.name} has no /etc/subuid range")
+    base = base_sif
+    if source == "directory":  # the tree the SIF was made of, handed to the user (as a sandbox of theirs)
+        base = shared / "tree-user"
+        subprocess.run(["cp", "-a", str(shared / "tree"), str(base)], check=True)
+        subprocess.run(["chown", "-R", f"{test_user.pw.pw_uid}:{test_user.pw.pw_gid}", str(base)], check=True)
+        assert stat.S_ISCHR(os.lstat(base / "dev" / "null").st_mode)
     recipe = shared / "dev.def"
-    recipe.write_text(f"Bootstrap: localimage\nFrom: {base_sif}\n\n%post\n    echo post-ran > /post-ran\n")
+    recipe.write_text(f"Bootstrap: localimage\nFrom: {base}\n\n%post\n    echo post-ran > /post-ran\n")
     recipe.chmod(0o644)
     out = shared / f"out-{mode}.sif"
     env = _user_env(shared, YURT_BUILD_IGNORE_SUBUID="1" if mode == "single" else "")
