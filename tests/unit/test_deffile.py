@@ -90,7 +90,7 @@ def test_debootstrap_with_header_comment_and_continued_include():
     d = one(load("debootstrap_bookworm.def"))
     assert d.bootstrap == "debootstrap"  # written "BootStrap"
     assert d.header["osversion"] == "bookworm"
-    assert d.header["mirrorurl"] == "http://deb.debian.org/debian/"
+    assert d.header["mirrorurl"] == "http://mirror.example/debian/"
     assert d.header["include"] == "ca-certificates,curl,less"
     assert d.source is None
     assert d.line == 2  # the comment line comes first
@@ -258,7 +258,7 @@ def test_header_keys_are_case_insensitive_values_kept():
 
 def test_header_continuations():
     d = one(
-        "Bootstrap: debootstrap\nOSVersion: \\\n  jammy\nMirrorURL: http://archive.ubuntu.com/ubuntu/\n"
+        "Bootstrap: debootstrap\nOSVersion: \\\n  jammy\nMirrorURL: http://mirror.example/ubuntu/\n"
         "Include: a,\\\n    b,\\\n    c\n%post\n"
     )
     assert d.header["osversion"] == "jammy"
@@ -362,7 +362,7 @@ ERRORS = [
     ("Bootstrap: docker\nFrom:\n%post\n", 2, "Bootstrap: docker needs a From: header"),
     ("# a comment\n\nBootstrap: oras\nStage: x\n", 3, "Bootstrap: oras needs a From: header"),
     ("Bootstrap: debootstrap\nOSVersion: bookworm\n", 1, "needs a MirrorURL: header"),
-    ("Bootstrap: debootstrap\nMirrorURL: http://deb.debian.org/debian\n", 1, "needs a OSVersion: header"),
+    ("Bootstrap: debootstrap\nMirrorURL: http://mirror.example/debian\n", 1, "needs a OSVersion: header"),
     ("From: ubuntu\n%post\necho\n", 1, "missing Bootstrap: header"),
     ("", 1, "missing Bootstrap: header (the definition file is empty)"),
     ("# only\n# comments\n", 1, "missing Bootstrap: header (the definition file is empty)"),
@@ -424,7 +424,7 @@ FRAGMENTS = [
     "Stage: final",
     "Stage:",
     "OSVersion: bookworm",
-    "MirrorURL: http://deb.debian.org/debian",
+    "MirrorURL: http://mirror.example/debian",
     "Include: a,\\",
     "  b,\\",
     "Include: x\\n\\",

@@ -121,12 +121,23 @@ REQUIRED_HEADERS: dict[str, tuple[str, ...]] = {
     "shub": ("from",),
     "debootstrap": ("osversion", "mirrorurl"),
 }
-_EXAMPLES = {
-    "from": "From: ubuntu:22.04",
-    "osversion": "OSVersion: bookworm",
-    "mirrorurl": "MirrorURL: http://deb.debian.org/debian",
-}
+_EXAMPLES = {"from": "From: ubuntu:22.04"}
 FINGERPRINTS_WARNING = "ignored: signature verification of the bootstrap image is not implemented"
+
+
+def _example(key: str) -> str:
+    """A header line to suggest; debootstrap's from the host's apt sources (no mirror is built into
+    yurt: sites use their own).  Apptainer, too, requires MirrorURL rather than guessing one."""
+    if key not in ("osversion", "mirrorurl"):
+        return _EXAMPLES[key]
+    from yurt.build.aptsources import host_mirror
+
+    mirror = host_mirror()
+    if key == "osversion":
+        return f"OSVersion: {mirror.suite}" if mirror else "OSVersion: bookworm"
+    if mirror is None:
+        return "MirrorURL: http://<your Debian mirror>/debian"
+    return f"MirrorURL: {mirror.uri}, this host's apt source"
 
 
 def _err(filename: str, line: int, message: str) -> BuildError:
@@ -642,7 +653,7 @@ def _parse_stage(number: int, chunk: str, raw: str, filename: str) -> tuple[Defi
             raise _err(
                 filename,
                 where.get(key, line),
-                f"Bootstrap: {agent} needs a {HEADER_KEYS[key]}: header (for example {_EXAMPLES[key]})",
+                f"Bootstrap: {agent} needs a {HEADER_KEYS[key]}: header (for example {_example(key)})",
             )
     if "fingerprints" in header:
         warnings.append(f"{filename}:{where['fingerprints']}: Fingerprints: {FINGERPRINTS_WARNING}")

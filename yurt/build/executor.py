@@ -43,7 +43,7 @@ import tempfile
 
 from yurt.build import agents, layout
 from yurt.build.agents import copy_tree
-from yurt.errors import BuildError, ImageError, YurtError, warn
+from yurt.errors import BuildError, ImageError, Interrupted, YurtError, warn
 from yurt.runtime.paths import EscapeError, host_path, resolve_in_root
 
 ROOT, SUBUID, SINGLE = "root", "subuid", "single"
@@ -71,16 +71,42 @@ def _exit_text(status: int) -> str:
 
 
 def _wait(pid: int) -> int:
-    """Wait for a child; on Ctrl-C (which the child gets too) wait for it still, then re-raise."""
+    """Wait for a child and return its wait status.
+
+    On Ctrl-C (which the child, in the same process group, gets too) or SIGTERM (made a
+    KeyboardInterrupt by :func:`in_workspace`) the child is stopped and waited for, then the
+    KeyboardInterrupt goes on (:func:`_stop_and_reap`).
+    """
     try:
         return os.waitpid(pid, 0)[1]
     except KeyboardInterrupt:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        os.waitpid(pid, 0)
+        _stop_and_reap(pid)
         raise
+
+
+def _stop_and_reap(pid: int) -> None:
+    """After an interrupt: SIGTERM the child ``pid`` if it still runs, and reap it.
+
+    Python raises KeyboardInterrupt at the first bytecode after the signal arrived, which
+    can be just *after* a ``waitpid`` reaped the child (the child got the same Ctrl-C and
+    exited first) and before its status reached the caller.  A second blocking ``waitpid``
+    then failed with ECHILD ("No child processes") instead of the build saying it was
+    interrupted.  So look first, without blocking: ECHILD means the child is already gone;
+    a child not yet reaped (running or a zombie) still holds its pid, so signalling it
+    cannot hit another process.  A further Ctrl-C while waiting only waits again.
+    """
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+            return
+        except ChildProcessError:
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 class Runner:
@@ -148,7 +174,7 @@ class Runner:
             while chunk := os.read(r, 65536):
                 chunks.append(chunk)
         except KeyboardInterrupt:
-            _wait(pid)
+            _stop_and_reap(pid)
             raise
         finally:
             os.close(r)
@@ -684,6 +710,8 @@ def run_in_container(runner: Runner, sandbox: str, args: list[str], *, writable:
         except YurtError as e:
             os.write(2, f"yurt: error: {e}\n".encode())
             code = e.exit_code
+        except KeyboardInterrupt:  # Ctrl-C while the container starts: the build says "interrupted"
+            code = 130
         except BaseException as e:  # noqa: BLE001 - the child must never return into the build
             os.write(2, f"yurt: error: cannot start the build container: {e}\n".encode())
         finally:
@@ -716,8 +744,12 @@ def _ctl_dir(work: str) -> str:
     return ctl
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during a build: cleaned up like Ctrl-C, but reported as SIGTERM (exit 143)."""
+
+
 def _on_sigterm(signum, frame):  # noqa: ARG001
-    raise KeyboardInterrupt
+    raise _Terminated
 
 
 RECIPE_LIMIT = 16 << 20
@@ -825,8 +857,10 @@ def in_workspace(out: str, make) -> None:
     try:
         ctl = _ctl_dir(work)
         make(runner, work, ctl)
-    except KeyboardInterrupt:
-        raise BuildError("interrupted; nothing was built")
+    except KeyboardInterrupt as e:
+        term = isinstance(e, _Terminated)
+        raise Interrupted("interrupted" + (" (SIGTERM)" if term else "") + "; nothing was built",
+                          signal.SIGTERM if term else signal.SIGINT)
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)

@@ -26,9 +26,13 @@ DEFAULT_COMPRESSION = "zstd"
 ZSTD_LEVEL = 3
 _INSTALL_HINT = "install squashfs-tools"
 # unsquashfs reports these as non-fatal (exit 2) when run without privileges; they lose no data
-# an unprivileged container could use (the runtime bind-mounts the host's /dev anyway).
+# an unprivileged container could use (the runtime bind-mounts the host's /dev anyway).  As root
+# in a user namespace (a subuid build, yurt itself in a rootless container) unsquashfs believes it
+# is superuser and tries mknod, which the kernel refuses with EPERM: the node is skipped all the
+# same.  Any other reason (no space, I/O error) stays an error.
 _BENIGN_EXTRACT_ERRORS = re.compile(
     r"because you're not superuser|could not create (character|block) device"
+    r"|failed to create (character|block) device .*, because Operation not permitted$"
     r"|xattr|extended attribute",
     re.IGNORECASE,
 )
@@ -202,9 +206,10 @@ def unsquashfs_extract(
     """Extract the squashfs at byte ``offset`` of ``image_path`` into the new ``dest_dir``.
 
     With ``image_fd`` (the image already open) unsquashfs reads that descriptor, never the path.
-    Works unprivileged: device nodes that cannot be created are skipped (exit status 2 with
-    only such messages), any other error fails.  Extraction goes to a temporary sibling that
-    is renamed into place, so ``dest_dir`` never holds a partial tree.
+    Works unprivileged, and as root in a user namespace: device nodes that cannot be created
+    are skipped (exit status 2 with only such messages), any other error fails.  Extraction
+    goes to a temporary sibling that is renamed into place, so ``dest_dir`` never holds a
+    partial tree.
     """
     image_path, dest_dir = os.fspath(image_path), os.fspath(dest_dir)
     if os.path.lexists(dest_dir):
