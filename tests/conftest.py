@@ -31,7 +31,8 @@ Fixtures:
 ``is_root``
     ``True`` when the tests run with euid 0.
 ``repo_root``
-    Path of the source tree the tests come from.
+    Path of the tree the tests come from (in CI a staged copy of ``tests/`` and ``scripts/``
+    without the ``yurt`` package: see "What the tests run" below).
 ``busybox_rootfs`` (session)
     Path of a busybox root filesystem directory built by ``scripts/make-busybox-rootfs``.
     Shared by the whole session: do not modify it; use ``busybox_rootfs_copy`` for a
@@ -43,12 +44,24 @@ Fixtures:
     build fails; skipped if mksquashfs is missing).
 ``yurt_cmd``
     ``run_yurt(*args, input=None, env=None, timeout=60, cwd=None, replace_env=False)``
-    runs ``python -m yurt ARGS`` with the interpreter running the tests and returns the
-    ``subprocess.CompletedProcess`` (text mode, stdout/stderr captured, never raises on a
-    non-zero exit). ``env`` is overlaid on the current environment (a value of ``None``
-    removes a variable); with ``replace_env=True`` it is used as the whole environment.
-    The source tree is put first on ``PYTHONPATH`` so the subprocess runs the same code
-    the tests import.
+    runs ``yurt ARGS`` (:func:`yurt_argv`) and returns the ``subprocess.CompletedProcess``
+    (text mode, stdout/stderr captured, never raises on a non-zero exit). ``env`` is overlaid
+    on the current environment (a value of ``None`` removes a variable); with
+    ``replace_env=True`` it is used as the whole environment.
+
+What the tests run
+    The ``yurt`` installed in the environment of the interpreter running pytest, exactly as
+    users get it: :func:`yurt_argv` is that environment's ``yurt`` script (the wheel's
+    ``bin/yurt``), and the tests' own ``import yurt`` finds the same installation.  Nothing
+    puts a source tree on ``PYTHONPATH``.  In CI (``make test`` as root) that is the wheel
+    built from the tree, installed (not editable) into ``/opt/yurt-venv`` made from Debian's
+    ``/usr/bin/python3``, and the tests run from a staged copy that has no ``yurt/``
+    directory, so a test cannot import the source tree by accident
+    (``tests/integration/test_installed_artifact.py`` checks all of this; ``make test`` sets
+    ``YURT_TEST_WHEEL`` and ``YURT_TEST_SDIST`` to the artifacts it built).  A developer's
+    ``make install`` venv has an editable install instead: the same commands then run the
+    working tree.  Files of the package (data files, the session directory) are found through
+    the installed package (``yurt.__file__``), never through ``repo_root``.
 """
 
 from __future__ import annotations
@@ -58,6 +71,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -133,6 +147,17 @@ def fuse_available() -> bool:
 
 def missing_tools(*tools: str) -> list[str]:
     return [t for t in tools if shutil.which(t) is None]
+
+
+@functools.cache
+def yurt_argv() -> list[str]:
+    """The ``yurt`` command under test: the script installed with the ``yurt`` this interpreter
+    imports (``bin/yurt`` of its venv, whose ``#!`` is this interpreter), as users run it; else
+    ``python -m yurt`` with this interpreter.  Never with a source tree on ``PYTHONPATH``."""
+    script = Path(sysconfig.get_path("scripts")) / "yurt"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "yurt"]
 
 
 # --------------------------------------------------------------------------- collection
@@ -229,8 +254,6 @@ def _yurt_env(env: Mapping[str, str | None] | None, replace_env: bool) -> dict[s
             base.pop(key, None)
         else:
             base[key] = value
-    pythonpath = base.get("PYTHONPATH")
-    base["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + pythonpath if pythonpath else "")
     return base
 
 
@@ -244,7 +267,7 @@ def make_run_yurt(default_cwd: Path | None = None) -> RunYurt:
         replace_env: bool = False,
     ) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "yurt", *map(os.fspath, args)],
+            [*yurt_argv(), *map(os.fspath, args)],
             input=input,
             stdin=None if input is not None else subprocess.DEVNULL,
             capture_output=True,
@@ -283,7 +306,7 @@ class TestUser:
     def __init__(self, pw, repo: Path) -> None:
         self.pw = pw
         self.name = pw.pw_name
-        self.repo = repo
+        self.repo = repo  # the tests' tree (not the package: see "What the tests run")
 
     def yurt(
         self, *args: object, env: Mapping[str, str] | None = None, timeout: float = 300, prefix: list[str] | None = None
@@ -296,12 +319,9 @@ class TestUser:
             self.name,
             "--",
             "env",
-            f"PYTHONPATH={self.repo}",
             f"HOME={self.pw.pw_dir}",
             *extra,
-            sys.executable,
-            "-m",
-            "yurt",
+            *yurt_argv(),
             *map(str, args),
         ]
         return subprocess.run([*(prefix or []), *argv], capture_output=True, text=True, cwd="/", timeout=timeout)
@@ -309,7 +329,7 @@ class TestUser:
 
 @pytest.fixture
 def test_user(repo_root: Path) -> TestUser:
-    """``$YURT_TEST_USER`` (default yurttest), when it exists and can run yurt with this interpreter."""
+    """``$YURT_TEST_USER`` (default yurttest), when it exists and can run the yurt under test."""
     import pwd
 
     user = os.environ.get("YURT_TEST_USER", "yurttest")
@@ -317,11 +337,7 @@ def test_user(repo_root: Path) -> TestUser:
         pw = pwd.getpwnam(user)
     except KeyError:
         pytest.skip(f"the unprivileged test user {user} does not exist")
-    probe = subprocess.run(
-        ["runuser", "-u", user, "--", sys.executable, "-c", "import yurt"],
-        env=dict(os.environ, PYTHONPATH=str(repo_root)),
-        capture_output=True,
-    )
+    probe = subprocess.run(["runuser", "-u", user, "--", *yurt_argv(), "version"], capture_output=True, cwd="/")
     if probe.returncode != 0:
-        pytest.skip(f"{user} cannot run {sys.executable} with yurt (run from the staged tree)")
+        pytest.skip(f"{user} cannot run {' '.join(yurt_argv())} (a venv {user} can read: make test as root)")
     return TestUser(pw, repo_root)

@@ -14,11 +14,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import yurt_argv
 
 pytestmark = [pytest.mark.userns, pytest.mark.requires("mksquashfs", "unsquashfs")]
 
@@ -382,11 +382,10 @@ def test_errors_are_one_line(yurt_cmd, tmp_path):
     assert leftovers(tmp_path) == []
 
 
-def test_interrupt_removes_the_temporary_sandbox(tmp_path, repo_root):
+def test_interrupt_removes_the_temporary_sandbox(tmp_path):
     recipe = write(tmp_path / "slow.def", "Bootstrap: busybox\n\n%post\n    echo started\n    sleep 60\n")
-    proc = subprocess.Popen([sys.executable, "-m", "yurt", "build", str(tmp_path / "slow.sif"), str(recipe)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=dict(os.environ, PYTHONPATH=str(repo_root)))
+    proc = subprocess.Popen([*yurt_argv(), "build", str(tmp_path / "slow.sif"), str(recipe)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "started"
