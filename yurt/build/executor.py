@@ -77,9 +77,9 @@ def _wait(pid: int) -> int:
     except KeyboardInterrupt:
         try:
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        os.waitpid(pid, 0)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass  # the Ctrl-C came right after our waitpid had reaped it
         raise
 
 
