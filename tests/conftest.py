@@ -24,7 +24,10 @@ The helpers below are plain functions, usable in ``skipif`` too::
     from conftest import userns_available  # tests/ is on sys.path under pytest
     @pytest.mark.skipif(not userns_available(), reason="no user namespaces")
 
-but prefer the markers above: they keep the skip reason uniform.
+but prefer the markers above: they keep the skip reason uniform.  ``from conftest import`` works
+in tests/integration and tests/unit only (under tests/e2e, ``conftest`` is that directory's own, and
+once e2e is collected the name is taken for everyone): what every test module may import lives in
+``tests/installed_yurt.py`` (``yurt_argv``, ``make_run_yurt``, ``REPO_ROOT``, ``MAKE_ROOTFS``).
 
 Fixtures:
 
@@ -44,14 +47,14 @@ Fixtures:
     build fails; skipped if mksquashfs is missing).
 ``yurt_cmd``
     ``run_yurt(*args, input=None, env=None, timeout=60, cwd=None, replace_env=False)``
-    runs ``yurt ARGS`` (:func:`yurt_argv`) and returns the ``subprocess.CompletedProcess``
+    runs ``yurt ARGS`` (``installed_yurt.yurt_argv``) and returns the ``subprocess.CompletedProcess``
     (text mode, stdout/stderr captured, never raises on a non-zero exit). ``env`` is overlaid
     on the current environment (a value of ``None`` removes a variable); with
     ``replace_env=True`` it is used as the whole environment.
 
 What the tests run
     The ``yurt`` installed in the environment of the interpreter running pytest, exactly as
-    users get it: :func:`yurt_argv` is that environment's ``yurt`` script (the wheel's
+    users get it: ``installed_yurt.yurt_argv()`` is that environment's ``yurt`` script (the wheel's
     ``bin/yurt``), and the tests' own ``import yurt`` finds the same installation.  Nothing
     puts a source tree on ``PYTHONPATH``.  In CI (``make test`` as root) that is the wheel
     built from the tree, installed (not editable) into ``/opt/yurt-venv`` made from Debian's
@@ -70,15 +73,12 @@ import functools
 import os
 import shutil
 import subprocess
-import sys
-import sysconfig
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from installed_yurt import MAKE_ROOTFS, REPO_ROOT, RunYurt, make_run_yurt, yurt_argv  # noqa: F401 - shared
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MAKE_ROOTFS = REPO_ROOT / "scripts" / "make-busybox-rootfs"
 BUSYBOX = Path("/bin/busybox")
 
 
@@ -147,17 +147,6 @@ def fuse_available() -> bool:
 
 def missing_tools(*tools: str) -> list[str]:
     return [t for t in tools if shutil.which(t) is None]
-
-
-@functools.cache
-def yurt_argv() -> list[str]:
-    """The ``yurt`` command under test: the script installed with the ``yurt`` this interpreter
-    imports (``bin/yurt`` of its venv, whose ``#!`` is this interpreter), as users run it; else
-    ``python -m yurt`` with this interpreter.  Never with a source tree on ``PYTHONPATH``."""
-    script = Path(sysconfig.get_path("scripts")) / "yurt"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "yurt"]
 
 
 # --------------------------------------------------------------------------- collection
@@ -242,43 +231,6 @@ def busybox_rootfs_copy(busybox_rootfs: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "rootfs"
     shutil.copytree(busybox_rootfs, dest, symlinks=True)
     return dest
-
-
-RunYurt = Callable[..., subprocess.CompletedProcess]
-
-
-def _yurt_env(env: Mapping[str, str | None] | None, replace_env: bool) -> dict[str, str]:
-    base: dict[str, str] = {} if replace_env else dict(os.environ)
-    for key, value in (env or {}).items():
-        if value is None:
-            base.pop(key, None)
-        else:
-            base[key] = value
-    return base
-
-
-def make_run_yurt(default_cwd: Path | None = None) -> RunYurt:
-    def run_yurt(
-        *args: str | os.PathLike[str],
-        input: str | None = None,
-        env: Mapping[str, str | None] | None = None,
-        timeout: float = 60,
-        cwd: str | os.PathLike[str] | None = None,
-        replace_env: bool = False,
-    ) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [*yurt_argv(), *map(os.fspath, args)],
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            env=_yurt_env(env, replace_env),
-            timeout=timeout,
-            cwd=cwd if cwd is not None else default_cwd,
-            check=False,
-        )
-
-    return run_yurt
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import yurt_argv
+from installed_yurt import yurt_argv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root, pytest.mark.requires("mpirun", "mpicc")]
 

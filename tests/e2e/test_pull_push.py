@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import yurt_argv
+from installed_yurt import yurt_argv
 
 pytestmark = [pytest.mark.e2e]
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import yurt_argv
+from installed_yurt import yurt_argv
 
 pytestmark = [pytest.mark.userns, pytest.mark.requires("mksquashfs", "unsquashfs")]
 

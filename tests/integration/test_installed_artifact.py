@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, yurt_argv
+from installed_yurt import REPO_ROOT, yurt_argv
 
 import yurt
 

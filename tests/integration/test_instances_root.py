@@ -7,7 +7,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import yurt_argv
+from installed_yurt import yurt_argv
 
 pytestmark = [pytest.mark.root]
 

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import yurt_argv
 from cprogs import add_programs
+from installed_yurt import yurt_argv
 
 pytestmark = [pytest.mark.userns]
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_run_yurt
+from installed_yurt import make_run_yurt
 
 import yurt
 

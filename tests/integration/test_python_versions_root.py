@@ -23,7 +23,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import MAKE_ROOTFS
+from installed_yurt import MAKE_ROOTFS
 
 pytestmark = [pytest.mark.root]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from conftest import yurt_argv
+from installed_yurt import yurt_argv
 
 from yurt.build import convert, deffile, dockerfile
 
