@@ -1,6 +1,6 @@
 # yurt developer entry points.
 #
-#   make demo    install system packages (as root) and yurt, build demo.sif from busybox, run it
+#   make demo    install system packages (as root) and the wheel, build demo.sif from busybox, run it
 #   make test    run the whole suite (as root, CI: against the wheel, rootless pass as $(TEST_USER),
 #                then the root-only pass; otherwise against the editable development install)
 #   make dist    build the sdist and, from it, the wheel (python -m build) and check both
@@ -63,7 +63,7 @@ YURT := $(VENV)/bin/yurt
 .PHONY: help deps install dist demo test test-setup test-user stage lint bench clean distclean
 
 help:
-	@sed -n '3,9s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '3,11s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
 # ---------------------------------------------------------------- system packages
 
@@ -157,14 +157,9 @@ endef
 
 # ---------------------------------------------------------------- demo
 
-demo:
-ifeq ($(IS_ROOT),1)
-	bash scripts/install-system-deps
-else
-	bash scripts/install-system-deps --check || \
-		echo "warning: some system packages are missing; the demo may fail (run 'sudo make deps')" >&2
-endif
-	$(call install_yurt,$(CURDIR))
+# The demo installs yurt as users do: the wheel, not an editable tree.
+demo: deps dist
+	$(call install_wheel)
 	tmp=$$(mktemp -d)
 	trap 'rm -rf "$$tmp"' EXIT
 	echo "==> scripts/make-busybox-rootfs $$tmp/rootfs"
