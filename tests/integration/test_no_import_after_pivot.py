@@ -262,6 +262,17 @@ From: {rootfs}
 %post
     touch /built-by-post
     id
+
+%test
+    test -e /built-by-post
+"""
+
+DOCKERFILE = """\
+FROM scratch
+COPY rootfs/ /
+RUN touch /built-by-run && id
+USER 1000:1000
+RUN id
 """
 
 
@@ -273,6 +284,21 @@ def test_build_with_post_fakeroot(guard, bare_rootfs, tmp_path):
     guard.env["YURT_CACHEDIR"] = str(tmp_path / "cache")
     guard.ok("build", "--sandbox", tmp_path / "out", recipe, expect="uid=0(root)")
     assert (tmp_path / "out" / "built-by-post").exists()
+    guard.check(forked=True)
+
+
+@rootless
+@pytest.mark.userns
+def test_dockerfile_build_with_run_and_user(guard, bare_rootfs, tmp_path):
+    """RUN steps, the last one as the Dockerfile's USER (ids set after the pivot)."""
+    context = tmp_path / "context"
+    context.mkdir()
+    shutil.copytree(bare_rootfs, context / "rootfs", symlinks=True)
+    (context / "Dockerfile").write_text(DOCKERFILE)
+    guard.env["YURT_CACHEDIR"] = str(tmp_path / "cache")
+    r = guard.ok("build", "--sandbox", tmp_path / "out", context / "Dockerfile", expect="uid=1000")
+    assert "uid=0(root)" in r.stdout
+    assert (tmp_path / "out" / "built-by-run").exists()
     guard.check(forked=True)
 
 
