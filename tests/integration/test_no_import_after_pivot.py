@@ -3,7 +3,8 @@
 After ``pivot_root`` (or a ``setns`` into a running container's mount namespace) the host's Python
 library is out of reach, so a lazy ``import`` there fails: ``os.execvpe``'s ``import warnings`` made
 every ``yurt exec IMAGE CMD`` with a bare command name fail for users of a regular install, while
-the suite, run from an editable install whose start-up had loaded ``warnings`` already, passed.
+the suite passed: it ran ``python -m yurt`` (``runpy`` imports ``warnings``) from an editable install
+(whose ``.pth`` import hook loads it at start-up too).
 
 Each case runs yurt's command line under ``import_guard.py`` (a child interpreter started with
 ``-I -S``, ``sys.modules`` trimmed to the bare interpreter's set, an audit hook armed by the root
