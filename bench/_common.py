@@ -549,7 +549,11 @@ def install_yurt(yurt_arg: str | None, python_arg: str | None, venv: Path) -> tu
         argv = shlex.split(yurt_arg)
         exe = shutil.which(argv[0]) or argv[0]
         argv[0] = exe
-        return argv, shebang_python(exe)
+        python = shebang_python(exe)
+        if python and is_editable(python):
+            raise Fail(f"--yurt {yurt_arg} runs an editable install of yurt: it would time import hooks and a "
+                       "source tree no user has; give a regular install, or leave --yurt out")
+        return argv, python
     python = python_arg or "/usr/bin/python3"
     print(f"{PROG}: installing yurt from {REPO} into {venv}", file=sys.stderr)
     subprocess.run([python, "-m", "venv", str(venv)], check=True, capture_output=True)
@@ -558,6 +562,16 @@ def install_yurt(yurt_arg: str | None, python_arg: str | None, venv: Path) -> tu
     if proc.returncode != 0:
         raise Fail(f"pip install of yurt into {venv} failed: {tail(proc.stderr, 2)}")
     return [str(venv / "bin" / "yurt")], str(venv / "bin" / "python")
+
+
+def is_editable(python: str) -> bool:
+    """Whether ``python`` imports yurt from an editable install (pip's ``direct_url.json`` says so)."""
+    code = ("import importlib.metadata as m, json; "
+            "print(json.loads(m.distribution('yurt').read_text('direct_url.json') or '{}')"
+            ".get('dir_info', {}).get('editable', False))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd="/", env=env, check=False)
+    return proc.stdout.strip() == "True"
 
 
 def shebang_python(exe: str) -> str | None:

@@ -14,11 +14,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from installed_yurt import yurt_argv
 
 pytestmark = [pytest.mark.userns, pytest.mark.requires("mksquashfs", "unsquashfs")]
 
@@ -383,16 +383,15 @@ def test_errors_are_one_line(yurt_cmd, tmp_path):
 
 
 @pytest.mark.parametrize(("how", "code"), [("ctrl-c", 130), ("sigterm", 143)])
-def test_interrupt_removes_the_temporary_sandbox(tmp_path, repo_root, how, code):
+def test_interrupt_removes_the_temporary_sandbox(tmp_path, how, code):
     """Ctrl-C reaches the whole foreground group (yurt and the %post payload); SIGTERM (``kill PID``)
     only yurt, which must stop the step itself.  Either way: "interrupted", the shell's 128+N, nothing
     left.  (yurt SIGTERMs the step's first process; build steps have no PID namespace, so what that
     process started itself is not reached: here %post execs sleep.)"""
     sleep = "sleep 60" if how == "ctrl-c" else "exec sleep 60"
     recipe = write(tmp_path / "slow.def", f"Bootstrap: busybox\n\n%post\n    echo started\n    {sleep}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "yurt", "build", str(tmp_path / "slow.sif"), str(recipe)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=dict(os.environ, PYTHONPATH=str(repo_root)))
+    proc = subprocess.Popen([*yurt_argv(), "build", str(tmp_path / "slow.sif"), str(recipe)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "started"

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from installed_yurt import yurt_argv
 
 DEVICES = {"dev/null": (stat.S_IFCHR, 1, 3), "dev/zero": (stat.S_IFCHR, 1, 5), "dev/loop0": (stat.S_IFBLK, 7, 0)}
 
@@ -81,7 +82,7 @@ def base_sif(busybox_rootfs, shared, yurt_cmd) -> Path:
 
 
 @pytest.mark.requires("mksquashfs", "unsquashfs", "unshare")
-def test_extract_as_root_in_a_user_namespace_skips_device_nodes(tmp_path, repo_root):
+def test_extract_as_root_in_a_user_namespace_skips_device_nodes(tmp_path):
     src = tmp_path / "src"
     (src / "dev").mkdir(parents=True)
     (src / "etc").mkdir()
@@ -94,7 +95,7 @@ def test_extract_as_root_in_a_user_namespace_skips_device_nodes(tmp_path, repo_r
             "unsquashfs_extract(sys.argv[1], 0, sys.argv[2])")
     dest = tmp_path / "out"
     r = subprocess.run(["unshare", "-r", sys.executable, "-c", code, str(img), str(dest)], capture_output=True,
-                       text=True, env=dict(os.environ, PYTHONPATH=str(repo_root)), timeout=120)
+                       text=True, timeout=120)
     if r.returncode != 0 and "unshare failed" in r.stderr:
         pytest.skip(f"no user namespace here: {r.stderr.strip()}")
     assert r.returncode == 0, r.stderr
@@ -154,10 +155,10 @@ def test_unsquash_runs_a_base_with_device_nodes(base_sif, shared, test_user, in_
     """--unsquash unpacks with unsquashfs: plainly it is not superuser; under ``unshare -r`` it thinks it is."""
     args = ["exec", "--unsquash", base_sif, "sh", "-c", "echo ran"]
     if in_userns:  # the test user's own user namespace, as root in it: runuser first, then unshare
-        env = [f"PYTHONPATH={test_user.repo}", f"HOME={test_user.pw.pw_dir}",
+        env = [f"HOME={test_user.pw.pw_dir}",
                *(f"{k}={v}" for k, v in _user_env(shared).items())]
         r = subprocess.run(["runuser", "-u", test_user.name, "--", "unshare", "-r", "env", *env,
-                            sys.executable, "-m", "yurt", *map(str, args)],
+                            *yurt_argv(), *map(str, args)],
                            capture_output=True, text=True, cwd="/", timeout=120)
     else:
         r = test_user.yurt(*args, env=_user_env(shared), timeout=120)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+from installed_yurt import REPO_ROOT
 
 pytestmark = [pytest.mark.userns]
 

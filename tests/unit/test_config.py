@@ -528,8 +528,7 @@ def test_simple_site_file_does_not_import_tomllib(tmp_path):
     site = write(tmp_path / "site.toml", '# site\ndeny_binds = ["/x"]  # no\nsquashfs_threads = 2\n')
     code = ("import sys, yurt.config as c; cfg = c.load(); "
             "print(cfg.deny_binds, cfg.squashfs_threads, 'tomllib' in sys.modules)")
-    env = {"HOME": str(tmp_path), "YURT_SITE_CONFIG": str(site), "PATH": os.environ.get("PATH", ""),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {"HOME": str(tmp_path), "YURT_SITE_CONFIG": str(site), "PATH": os.environ.get("PATH", "")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if os.path.lexists("/etc/yurt/yurt.toml"):
         pytest.skip("a real site file is installed")

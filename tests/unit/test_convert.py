@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
-import sys
+
+from installed_yurt import yurt_argv
 
 from yurt.build import convert, deffile, dockerfile
 
@@ -67,15 +69,15 @@ def test_dockerfile_to_def_round_trip(tmp_path):
     assert "pip install x" in d.post
 
 
-def test_convert_cli_both_ways(tmp_path, repo_root):
+def test_convert_cli_both_ways(tmp_path):
     src = tmp_path / "x.def"
     src.write_text(DEF)
-    env = {"PYTHONPATH": str(repo_root)}
-    r = subprocess.run([sys.executable, "-m", "yurt", "convert", "-o", str(tmp_path / "Dockerfile"), str(src)],
+    env = {"PATH": os.environ.get("PATH", "")}
+    r = subprocess.run([*yurt_argv(), "convert", "-o", str(tmp_path / "Dockerfile"), str(src)],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert "yurt: warning:" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "yurt", "convert", str(tmp_path / "Dockerfile")],
+    r = subprocess.run([*yurt_argv(), "convert", str(tmp_path / "Dockerfile")],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     back = deffile.parse(r.stdout)[0]
