@@ -240,11 +240,13 @@ def test_exec_with_oci_hooks(guard, bare_rootfs, tmp_path, pid):
 @pytest.mark.userns
 def test_instance_start_and_join(guard, bare_rootfs):
     guard.ok("instance", "start", bare_rootfs, "guarded", expect="")
-    guard.ok("exec", "instance://guarded", "id")
-    guard.ok("exec", "instance://guarded", "sh", "-c", "exit 0", expect="")
-    r = guard.yurt("exec", "instance://guarded", "no-such-command")
-    assert r.returncode == 127, r.stderr
-    guard.ok("instance", "stop", "guarded", expect="")
+    try:
+        guard.ok("exec", "instance://guarded", "id")
+        guard.ok("exec", "instance://guarded", "sh", "-c", "exit 0", expect="")
+        r = guard.yurt("exec", "instance://guarded", "no-such-command")
+        assert r.returncode == 127, r.stderr
+    finally:  # a failed check must not leave the instance running
+        guard.ok("instance", "stop", "guarded", expect="")
     guard.check(switches=("pivot_root", "setns"), forked=True)
 
 
@@ -322,8 +324,10 @@ def test_root_cgroup_limits(guard, bare_rootfs):
 @pytest.mark.root
 def test_root_instance_with_limits_and_sharens_on_a_sif(guard, bare_sif):
     guard.ok("instance", "start", "--pids-limit", "50", bare_sif, "guarded", expect="")
-    guard.ok("exec", "instance://guarded", "id", expect="uid=0(root)")
-    guard.ok("instance", "stop", "guarded", expect="")
+    try:
+        guard.ok("exec", "instance://guarded", "id", expect="uid=0(root)")
+    finally:
+        guard.ok("instance", "stop", "guarded", expect="")
     guard.ok("exec", "--sharens", "--sharens-tag", "guarded-root", bare_sif, "id", expect="uid=0(root)")
     guard.check(switches=("pivot_root", "setns"), forked=True)
 
