@@ -185,7 +185,7 @@ def check(result: Result, what: str) -> Result:
 
 def default_mirror() -> str | None:
     """``$YURT_BENCH_DEBIAN_MIRROR``, else the Debian mirror for ``SUITE`` in this machine's apt sources
-    (yurt/build/aptsources.py, standard library only, loaded by its path: no yurt install is needed)."""
+    (yurt/builder/aptsources.py, standard library only, loaded by its path: no yurt install is needed)."""
     if os.environ.get(MIRROR_ENV, "").strip():
         return os.environ[MIRROR_ENV].strip()
     import importlib.util

@@ -535,7 +535,7 @@ def debian_mirror() -> str:
     mirror = os.environ.get("YURT_TEST_DEBIAN_MIRROR", "").strip()
     if mirror:
         return mirror
-    from yurt.build.aptsources import debian_mirror as from_apt
+    from yurt.builder.aptsources import debian_mirror as from_apt
 
     found = from_apt("bookworm")
     if found is None:

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from yurt.build import aptsources as apt
-from yurt.build import deffile
+from yurt.builder import aptsources as apt
+from yurt.builder import deffile
 from yurt.errors import BuildError
 
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"

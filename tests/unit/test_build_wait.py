@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from yurt.build import executor
+from yurt.builder import executor
 
 
 def _child(seconds: float) -> int:

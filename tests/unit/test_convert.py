@@ -7,7 +7,7 @@ import subprocess
 
 from installed_yurt import yurt_argv
 
-from yurt.build import convert, deffile, dockerfile
+from yurt.builder import convert, deffile, dockerfile
 
 DEF = """Bootstrap: docker
 From: debian:bookworm

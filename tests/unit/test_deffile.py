@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from yurt.build import deffile
-from yurt.build.deffile import Definition, Section, parse, to_text, validate
+from yurt.builder import deffile
+from yurt.builder.deffile import Definition, Section, parse, to_text, validate
 from yurt.errors import BuildError
 
 CORPUS = Path(__file__).parent / "corpus" / "deffiles"
@@ -593,7 +593,7 @@ def test_fuzz_random_unicode(text):
     (b"Bootstrap: scratch\n%labels\n  A\x00 b\n", r":3: the definition file contains a NUL byte"),
 ])
 def test_read_text_refuses_binary_recipes(tmp_path, data, message):
-    from yurt.build.executor import read_text
+    from yurt.builder.executor import read_text
 
     path = tmp_path / "x.def"
     path.write_bytes(data)
@@ -602,7 +602,7 @@ def test_read_text_refuses_binary_recipes(tmp_path, data, message):
 
 
 def test_read_text_refuses_oversized_recipes_instead_of_truncating(tmp_path):
-    from yurt.build.executor import RECIPE_LIMIT, read_text
+    from yurt.builder.executor import RECIPE_LIMIT, read_text
 
     path = tmp_path / "Dockerfile"
     path.write_bytes(b"FROM scratch\n" + b"#" * RECIPE_LIMIT)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from yurt.build import dockerfile
-from yurt.build.dockerfile import (
+from yurt.builder import dockerfile
+from yurt.builder.dockerfile import (
     DEFAULT_PATH,
     Instruction,
     Matcher,
@@ -1011,7 +1011,7 @@ def test_module_is_standard_library_only():
 
 
 def test_to_deffile_quotes_paths_with_blanks_and_parses_back(tmp_path):
-    from yurt.build import deffile
+    from yurt.builder import deffile
 
     (tmp_path / "my file.txt").write_text("x")
     stages = dockerfile.parse('FROM debian\nCOPY ["my file.txt", "/opt/my dir/"]\n')

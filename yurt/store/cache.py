@@ -5,7 +5,7 @@ Layout under ``$YURT_CACHEDIR`` (default: ``cache_dir`` in the config, else ``~/
     blobs/sha256/<hex>          registry blobs, named by the digest of their content
     sif/<hex>.sif               images converted to SIF, named by their manifest digest
     refs/<sha256(ref)>.json     last manifest digest a reference (docker://x:tag) resolved to
-    build/<key>/                one build step: its layer and meta (see :mod:`yurt.build.cache`)
+    build/<key>/                one build step: its layer and meta (see :mod:`yurt.builder.cache`)
     tmp/                        files being written (same filesystem: renames are atomic)
     locks/<name>.lock           flock(2) files serialising work on one entry
 

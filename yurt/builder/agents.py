@@ -52,7 +52,7 @@ def identity(definition, recipe_dir: str, pull_options, mode: str) -> dict:
     content is not pinned).  ``mode`` (root, subuid, single) is part of it: it decides who
     owns the files.
     """
-    from yurt.build.cache import file_digest, tree_digest
+    from yurt.builder.cache import file_digest, tree_digest
 
     agent = definition.bootstrap
     out: dict = {"agent": agent, "from": definition.source, "mode": mode,

@@ -2,17 +2,17 @@
 
 For each stage, in Apptainer's order (``[A] internal/pkg/build/build.go``):
 
-1. bootstrap (:mod:`yurt.build.agents`) into a fresh sandbox directory;
+1. bootstrap (:mod:`yurt.builder.agents`) into a fresh sandbox directory;
 2. ``%files from STAGE``: copies out of an earlier stage's sandbox, both paths resolved
    inside their roots (:func:`yurt.runtime.paths.resolve_in_root`);
 3. ``%setup`` on the host, ``/bin/sh -e``, with ``$APPTAINER_ROOTFS`` (and
    ``$SINGULARITY_ROOTFS``, ``$YURT_ROOTFS``) set to the sandbox;
 4. ``%files`` (and ``%appfiles``) from the host, relative to the recipe's directory;
-5. the base layout (:func:`yurt.build.layout.prepare_base`), then ``%post`` (and each
+5. the base layout (:func:`yurt.builder.layout.prepare_base`), then ``%post`` (and each
    ``%appinstall``) *inside* the container, through the real launcher: ``/bin/sh -e
    /.post.script`` (``%post -c INTERP`` picks another shell), writable, as (fake) root,
    with a clean environment, ``$APPTAINER_ENVIRONMENT`` and ``$APPTAINER_LABELS``;
-6. the metadata (:func:`yurt.build.layout.write_metadata`), then ``%test`` read-only as
+6. the metadata (:func:`yurt.builder.layout.write_metadata`), then ``%test`` read-only as
    the user unless ``--notest``.
 
 The last stage becomes a SIF (:func:`yurt.image.pack.build_sif`) or, with ``--sandbox``,
@@ -41,8 +41,8 @@ import signal
 import sys
 import tempfile
 
-from yurt.build import agents, layout
-from yurt.build.agents import copy_tree
+from yurt.builder import agents, layout
+from yurt.builder.agents import copy_tree
 from yurt.errors import BuildError, ImageError, Interrupted, YurtError, warn
 from yurt.runtime.paths import EscapeError, host_path, resolve_in_root
 
@@ -396,7 +396,7 @@ def remove_placeholders(root: str, paths: list[str]) -> None:
 
 def read_build_labels(root: str) -> dict[str, str]:
     """Labels that ``%post`` appended to ``$APPTAINER_LABELS`` (``KEY VALUE`` lines); the file is removed."""
-    from yurt.build.deffile import parse_labels
+    from yurt.builder.deffile import parse_labels
 
     raw = layout.read_file(root, layout.BUILD_LABELS)
     if raw is None:
@@ -416,7 +416,7 @@ class Tree:
 
     A step whose key is cached is not run: the tree only falls behind.  When a step must
     really run, the tree is first brought up to date by unpacking the cached layers
-    (:func:`yurt.build.cache.restore`); after it runs, what it changed is recorded as its
+    (:func:`yurt.builder.cache.restore`); after it runs, what it changed is recorded as its
     entry's layer.  So an unchanged recipe runs nothing, and a changed late step reruns
     only from there.
     """
@@ -431,7 +431,7 @@ class Tree:
 
     def step(self, kind: str, payload: object, what: str, action) -> dict:
         """Run ``action()`` (it returns the step's produced data, a dict, or None) unless cached."""
-        from yurt.build import cache
+        from yurt.builder import cache
 
         b = self.build
         key = cache.step_key(self.key, kind, payload)
@@ -456,7 +456,7 @@ class Tree:
 
     def materialize(self) -> None:
         """Make the directory hold the state of ``self.key`` (nothing to do before the first step)."""
-        from yurt.build import cache
+        from yurt.builder import cache
 
         if self.current or self.key is None:
             return
@@ -510,7 +510,7 @@ class _Build(BuildState):
 
     def stage(self, d, tree: Tree) -> None:
         from yurt import __version__
-        from yurt.build import cache
+        from yurt.builder import cache
 
         sandbox = tree.path
         identity = agents.identity(d, self.recipe_dir, self.pull_options, self.runner.mode)
@@ -652,7 +652,7 @@ def single_id_extras(runner: Runner, ctl: str) -> tuple[list[str], list[str]]:
 
 def _sources_digest(src: str, base_dir: str) -> list:
     """What a ``%files`` source names on the host, digested (for the step's cache key)."""
-    from yurt.build.cache import tree_digest
+    from yurt.builder.cache import tree_digest
 
     pattern = src if os.path.isabs(src) else os.path.join(base_dir, src)
     matches = sorted(glob.glob(pattern)) if glob.has_magic(src) else [pattern]
@@ -779,7 +779,7 @@ def read_text(path: str, what: str, limit: int = RECIPE_LIMIT) -> str:
 def read_recipe(recipe_path: str, build_args: dict[str, str] | None, build_arg_file: str | None,
                 warn_unused: bool) -> tuple[str, list]:
     """The rendered text and the parsed, validated stages of a definition file (warnings printed)."""
-    from yurt.build import deffile, templating
+    from yurt.builder import deffile, templating
 
     text = read_text(recipe_path, "the definition file").removeprefix("\ufeff")
     arg_values: dict[str, str] = {}
@@ -871,7 +871,7 @@ def in_workspace(out: str, make) -> None:
 
 def open_cache(no_cache: bool):
     """The build cache (None, with a warning, when the cache directory cannot be used)."""
-    from yurt.build.cache import BuildCache
+    from yurt.builder.cache import BuildCache
 
     try:
         return BuildCache(read=not no_cache)
@@ -883,7 +883,7 @@ def open_cache(no_cache: bool):
 def finish(b: BuildState, last: Tree, out: str, *, sandbox: bool, compression: str, mksquashfs_args,
            deffile: bytes | None) -> None:
     """Turn the last stage's tree into OUT: a sandbox directory, or a SIF (from the cache when it has it)."""
-    from yurt.build import cache
+    from yurt.builder import cache
 
     runner = b.runner
     if sandbox:

@@ -1,8 +1,8 @@
 """``yurt build --dockerfile``: run a Dockerfile, instruction by instruction, without root, and pack a SIF.
 
-The Dockerfile is parsed by :mod:`yurt.build.dockerfile` (Docker's rules for ARG, ENV,
+The Dockerfile is parsed by :mod:`yurt.builder.dockerfile` (Docker's rules for ARG, ENV,
 substitution, stages).  Only the stages the target needs are built (the last stage, or
-``--target``), as BuildKit does.  Each stage is a :class:`yurt.build.executor.Tree`, so every
+``--target``), as BuildKit does.  Each stage is a :class:`yurt.builder.executor.Tree`, so every
 instruction that changes the tree is one cached step:
 
 * ``FROM image``: pulled through the registry client (its manifest digest keys the step) and
@@ -18,7 +18,7 @@ instruction that changes the tree is one cached step:
   inside it, so neither a hostile archive nor a symlink in the base image leads out.
 * ``WORKDIR`` creates the directory.  ``ENV``, ``ARG``, ``LABEL``, ``USER``, ``CMD``,
   ``ENTRYPOINT``, ``SHELL``, ``EXPOSE``, ``VOLUME``, ``STOPSIGNAL``, ``HEALTHCHECK`` change only
-  the image config (:func:`yurt.build.dockerfile.image_config`), which is part of the keys
+  the image config (:func:`yurt.builder.dockerfile.image_config`), which is part of the keys
   of the steps after them.
 
 The result carries the image config as the SIF's ``oci-config.json`` object, so ``yurt run``
@@ -42,9 +42,9 @@ import os
 import shutil
 import tempfile
 
-from yurt.build import agents, layout
-from yurt.build import dockerfile as df
-from yurt.build.executor import (
+from yurt.builder import agents, layout
+from yurt.builder import dockerfile as df
+from yurt.builder.executor import (
     SINGLE,
     BuildState,
     Runner,
@@ -289,7 +289,7 @@ class _DockerBuild(BuildState):
         return self.trees[target]
 
     def _definition(self, base: str, line: int):
-        from yurt.build.deffile import Definition
+        from yurt.builder.deffile import Definition
 
         if base.lower() == "scratch":
             return Definition(header={"bootstrap": "scratch"}, bootstrap="scratch", filename=self.filename, line=line)
@@ -305,7 +305,7 @@ class _DockerBuild(BuildState):
             base_config = self.configs[stage.base_stage]
             if self.cache is None:  # no layers to restore from: copy the tree
                 base_tree.materialize()
-                from yurt.build.agents import copy_tree
+                from yurt.builder.agents import copy_tree
 
                 self.runner.call(copy_tree, ["cp", "-a", "--", base_tree.path, tree.path], "copying a stage")
                 tree.current = True
@@ -392,7 +392,7 @@ class _DockerBuild(BuildState):
     # -- COPY and ADD --
 
     def copy_step(self, tree: Tree, ins, config: dict, where: str) -> None:
-        from yurt.build.cache import tree_digest
+        from yurt.builder.cache import tree_digest
 
         if "from" in ins.flags and ins.from_stage is None:
             return self.copy_from_image(tree, ins, config, where)
@@ -516,7 +516,7 @@ class _DockerBuild(BuildState):
     def context_dir_digest(self, rel: str) -> str:
         import hashlib
 
-        from yurt.build.cache import tree_digest
+        from yurt.builder.cache import tree_digest
 
         h = hashlib.sha256()
         top = df._clean(rel).lstrip("/") or "."
@@ -561,7 +561,7 @@ class _DockerBuild(BuildState):
     def finish_stage(self, tree: Tree, config: dict) -> None:
         """The Apptainer layout and labels, written as the last step of the target stage."""
         from yurt import __version__
-        from yurt.build import cache
+        from yurt.builder import cache
 
         labels = {str(k): str(v) for k, v in (config.get("Labels") or {}).items()}
         if self.tag:
@@ -619,7 +619,7 @@ def _short(text: str, limit: int = 60) -> str:
 def _base_env_lookup(context: str, pull_options):
     """For the parser: the Env of a base image (pulled into the cache), so ``$PATH`` and friends substitute."""
     def lookup(image: str, platform: str | None) -> list[str] | None:
-        from yurt.build.deffile import Definition
+        from yurt.builder.deffile import Definition
 
         d = Definition(header={"bootstrap": "docker", "from": image}, bootstrap="docker", source=image)
         try:

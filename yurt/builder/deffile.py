@@ -31,7 +31,7 @@ Apptainer reads, e.g. a definition recorded in an image.
 canonical definition that ``parse`` reads back to an equal :class:`Definition`;
 equality ignores line numbers, the raw text, the file name and the warnings.
 
-``{{ VAR }}`` templating happens before parsing: see :mod:`yurt.build.templating`.
+``{{ VAR }}`` templating happens before parsing: see :mod:`yurt.builder.templating`.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def _example(key: str) -> str:
     yurt: sites use their own).  Apptainer, too, requires MirrorURL rather than guessing one."""
     if key not in ("osversion", "mirrorurl"):
         return _EXAMPLES[key]
-    from yurt.build.aptsources import host_mirror
+    from yurt.builder.aptsources import host_mirror
 
     mirror = host_mirror()
     if key == "osversion":
