@@ -14,7 +14,8 @@ import pytest
 
 from yurt.errors import ImageError
 from yurt.image import oci_local as O
-from yurt.image.layers import Layer, write_merged_tar
+from yurt.image.layer_blob import Layer
+from yurt.image.layers import write_merged_tar
 from yurt.image.oci_local import (
     LocalImage,
     open_local,
@@ -418,8 +419,8 @@ def test_open_local(tmp_path, layout):
 
 @needs_tar2sqfs
 def test_layout_to_sif(tmp_path, layout):
-    from yurt.image.layers import layers_to_sif
     from yurt.image.sif import DataType, SifFile
+    from yurt.image.tar2sqfs import layers_to_sif
 
     manifest = layout.image([{"etc/os-release": b"ID=test\n"}, {"bin/tool": b"#!/bin/sh\n"}])
     layout.tag(manifest, "v1")

@@ -1,4 +1,4 @@
-"""Read OCI images from local sources, for :func:`yurt.image.layers.layers_to_sif`.
+"""Read OCI images from local sources, for :func:`yurt.image.tar2sqfs.layers_to_sif`.
 
 Three sources, named as skopeo and Apptainer name them:
 
@@ -38,7 +38,7 @@ from typing import Any
 
 from yurt.errors import ImageError
 from yurt.image import metadata
-from yurt.image.layers import Layer, iter_decompressed, max_image_bytes, sniff_compression
+from yurt.image.layer_blob import Layer, iter_decompressed, max_image_bytes, sniff_compression
 from yurt.record import Record
 
 MAX_JSON_BYTES = 16 << 20  # manifests, indexes and configs
