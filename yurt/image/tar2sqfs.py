@@ -189,7 +189,8 @@ def layers_to_sif(
     ``labels`` default to the image's Labels (``{}`` writes none).
     """
     from yurt.image.pack import INSPECT_METADATA, OCI_CONFIG, _inspect_metadata, _json, write_sif_with_squashfs
-    from yurt.image.sif import DataType, SifObject, arch_code, host_arch_code
+    from yurt.image.sif import DataType, arch_code, host_arch_code
+    from yurt.image.sif_write import SifObject
 
     if not isinstance(oci_config, dict):
         raise ImageError("the image configuration is not a JSON object")
