@@ -132,7 +132,8 @@ def test_unpacking_reads_the_descriptor_even_when_the_path_is_replaced(tmp_path)
 
 @needs_squashfs
 def test_sif_metadata_comes_from_the_descriptor(tmp_path):
-    from yurt.image.sif import DataType, FsType, PartType, SifObject, write_sif
+    from yurt.image.sif import DataType, FsType, PartType
+    from yurt.image.sif_write import SifObject, write_sif
 
     sqfs = squashfs(tmp_path, "root", "x\n")
     sif = tmp_path / "img.sif"

@@ -12,7 +12,8 @@ import pytest
 from yurt.errors import ImageError
 from yurt.image.inspect import NO_HELP, format_inspect, inspect_image, run_help
 from yurt.image.pack import build_sif
-from yurt.image.sif import DataType, SifObject, write_sif
+from yurt.image.sif import DataType
+from yurt.image.sif_write import SifObject, write_sif
 from yurt.image.squashfs import mksquashfs
 
 needs_squashfs = pytest.mark.skipif(

@@ -173,7 +173,8 @@ def restore(layer_paths: list[str], dest: str) -> None:
     """Unpack the merged layers into the new directory ``dest`` (owners kept when we are root here)."""
     import tempfile
 
-    from yurt.image.layers import Layer, write_merged_tar
+    from yurt.image.layer_blob import Layer
+    from yurt.image.layers import write_merged_tar
 
     os.mkdir(dest, 0o755)
     owner = ["--same-owner", "--numeric-owner"] if os.geteuid() == 0 else ["--no-same-owner"]

@@ -122,7 +122,7 @@ def _pull_remote(ref_text: str, options: PullOptions, store) -> PullResult:
     downloaded = _fetch_blobs(client, ref.repository, [config_desc, *layers_desc], store, options)
     timings["download"] = time.monotonic() - t0
     config = metadata.parse_object(store.blob_path(config_desc["digest"]).read_bytes(), f"the config of {ref}")
-    from yurt.image.layers import Layer
+    from yurt.image.layer_blob import Layer
 
     layers = [Layer(path=store.blob_path(d["digest"]), media_type=d.get("mediaType", ""), digest=d["digest"])
               for d in layers_desc]
@@ -165,7 +165,7 @@ def _fetch_blobs(client, repository: str, descriptors: list[dict], store, option
 
 def _convert(store, manifest_digest: str, config: dict, layers: list, options: PullOptions,
              downloaded: int) -> PullResult:
-    from yurt.image.layers import layers_to_sif
+    from yurt.image.tar2sqfs import layers_to_sif
 
     final = store.sif_path(manifest_digest)
     if final.exists() and not options.force:
