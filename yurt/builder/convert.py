@@ -1,6 +1,6 @@
 """Definition file -> Dockerfile, for what both formats can express.
 
-The other direction is :func:`yurt.builder.dockerfile.to_deffile`.  Anything
+The other direction is :func:`yurt.builder.dockerfile_convert.to_deffile`.  Anything
 without an equivalent (``%setup`` runs on the host, ``%test``, non-docker
 bootstrap agents, shell logic in ``%environment``) is written as a comment and
 reported as a warning, never silently dropped.

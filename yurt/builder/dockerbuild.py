@@ -18,7 +18,7 @@ instruction that changes the tree is one cached step:
   inside it, so neither a hostile archive nor a symlink in the base image leads out.
 * ``WORKDIR`` creates the directory.  ``ENV``, ``ARG``, ``LABEL``, ``USER``, ``CMD``,
   ``ENTRYPOINT``, ``SHELL``, ``EXPOSE``, ``VOLUME``, ``STOPSIGNAL``, ``HEALTHCHECK`` change only
-  the image config (:func:`yurt.builder.dockerfile.image_config`), which is part of the keys
+  the image config (:func:`yurt.builder.dockerfile_config.image_config`), which is part of the keys
   of the steps after them.
 
 The result carries the image config as the SIF's ``oci-config.json`` object, so ``yurt run``
@@ -44,6 +44,9 @@ import tempfile
 
 from yurt.builder import agents, layout
 from yurt.builder import dockerfile as df
+from yurt.builder.dockerfile_args import _clean, _host_platform, _workdir
+from yurt.builder.dockerfile_config import image_config
+from yurt.builder.dockerfile_context import _URL, Matcher, _has_magic, copy_sources, load_dockerignore
 from yurt.builder.executor import (
     SINGLE,
     BuildState,
@@ -246,7 +249,7 @@ def _parse_chmod(value: str, where: str) -> int:
 
 class _DockerBuild(BuildState):
     def __init__(self, stages: list, text: str, filename: str, context: str, runner: Runner, work: str, ctl: str,
-                 *, pull_options, build_cache, matcher: df.Matcher, tag: str | None) -> None:
+                 *, pull_options, build_cache, matcher: Matcher, tag: str | None) -> None:
         super().__init__(runner, work, ctl, pull_options, build_cache)
         self.stages = stages
         self.text = text
@@ -297,9 +300,9 @@ class _DockerBuild(BuildState):
                           filename=self.filename, line=line)
 
     def stage(self, stage, tree: Tree, *, last: bool) -> None:
-        if stage.platform and stage.platform.replace("linux/", "") not in (df._host_platform().replace("linux/", ""),):
+        if stage.platform and stage.platform.replace("linux/", "") not in (_host_platform().replace("linux/", ""),):
             self.warn_once(f"{self.filename}:{stage.line}: FROM --platform={stage.platform}: building for the "
-                           f"host's platform ({df._host_platform()})")
+                           f"host's platform ({_host_platform()})")
         if stage.base_stage is not None:
             base_tree = self.trees[stage.base_stage]
             base_config = self.configs[stage.base_stage]
@@ -323,15 +326,15 @@ class _DockerBuild(BuildState):
             if base_config.get("OnBuild"):
                 self.warn_once(f"{self.filename}:{stage.line}: the ONBUILD triggers of {stage.base} are not run")
         for k, ins in enumerate(stage.instructions):
-            before = df.image_config(_prefix(stage, k), base_config)
+            before = image_config(_prefix(stage, k), base_config)
             where = f"{self.filename}:{ins.line}:"
             if ins.cmd == "RUN":
                 self.run_step(tree, ins, before, where)
             elif ins.cmd in ("COPY", "ADD"):
                 self.copy_step(tree, ins, before, where)
             elif ins.cmd == "WORKDIR":
-                self.workdir_step(tree, df.image_config(_prefix(stage, k + 1), base_config), where)
-        config = df.image_config(stage, base_config)
+                self.workdir_step(tree, image_config(_prefix(stage, k + 1), base_config), where)
+        config = image_config(stage, base_config)
         self.configs[stage.index] = config
         self.trees[stage.index] = tree
         if last:
@@ -397,8 +400,8 @@ class _DockerBuild(BuildState):
         if "from" in ins.flags and ins.from_stage is None:
             return self.copy_from_image(tree, ins, config, where)
         sources, dest = ins.words[:-1], ins.words[-1]
-        dest_abs = df._workdir(config.get("WorkingDir") or "/", dest)
-        wild = any(df._has_magic(s) for s in sources)
+        dest_abs = _workdir(config.get("WorkingDir") or "/", dest)
+        wild = any(_has_magic(s) for s in sources)
         into_dir = dest.endswith("/") or dest in (".", "./") or len(sources) > 1 or wild
         if (len(sources) > 1 or wild) and not dest.endswith("/"):
             raise BuildError(f"{where} {ins.cmd} with more than one source: the destination {dest} must end with /")
@@ -427,14 +430,14 @@ class _DockerBuild(BuildState):
             tree.step("copy", payload, f"{ins.cmd} --from={ins.flags['from']} {' '.join(ins.words)}", do_copy_stage)
             return
         for source in sources:
-            if df._URL.match(source) and (ins.cmd == "COPY" or source.startswith("git") or "git@" in source
+            if _URL.match(source) and (ins.cmd == "COPY" or source.startswith("git") or "git@" in source
                                            or source.endswith(".git")):
                 raise BuildError(f"{where} {ins.cmd} {source}: " + ("COPY cannot fetch URLs; use ADD" if ins.cmd ==
                                  "COPY" else "git sources are not supported; clone in a RUN step"))
-        found = df.copy_sources(self.context, sources, self.matcher, where=where)
+        found = copy_sources(self.context, sources, self.matcher, where=where)
         digests = []
         for rel in found:
-            if df._URL.match(rel):
+            if _URL.match(rel):
                 digests.append([rel, self.download(rel, where)[1]])
             elif os.path.isdir(os.path.join(self.context, rel)):
                 digests.append([rel, self.context_dir_digest(rel)])
@@ -449,7 +452,7 @@ class _DockerBuild(BuildState):
                 slot = os.path.join(staging, str(n))
                 os.mkdir(slot)
                 full = os.path.join(self.context, rel)
-                if df._URL.match(rel):
+                if _URL.match(rel):
                     name = rel.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "download"
                     target = os.path.join(slot, name)
                     shutil.copyfile(self.download(rel, where)[0], target)
@@ -498,7 +501,7 @@ class _DockerBuild(BuildState):
 
     def stage_context_dir(self, rel: str, slot: str) -> None:
         """A context directory's content, minus what .dockerignore excludes, into ``slot``."""
-        top = df._clean(rel).lstrip("/") or "."
+        top = _clean(rel).lstrip("/") or "."
         prefix = "" if top == "." else top + "/"
         for path in self.matcher.walk(self.context, top):
             full = os.path.join(self.context, path)
@@ -519,7 +522,7 @@ class _DockerBuild(BuildState):
         from yurt.builder.cache import tree_digest
 
         h = hashlib.sha256()
-        top = df._clean(rel).lstrip("/") or "."
+        top = _clean(rel).lstrip("/") or "."
         for path in self.matcher.walk(self.context, top):
             full = os.path.join(self.context, path)
             if os.path.islink(full):  # copied as a link: its text is what matters, never where it leads
@@ -660,7 +663,7 @@ def build(dockerfile: str, context: str, out: str, *, sandbox: bool = False, bui
             raise BuildError(f"--target {target}: no stage of {dockerfile} is named so",
                              "stages: " + (", ".join(sorted(names)) or "none is named"))
         index = names[target.lower()]
-    matcher = df.load_dockerignore(context, os.path.abspath(dockerfile))
+    matcher = load_dockerignore(context, os.path.abspath(dockerfile))
 
     def make(runner: Runner, work: str, ctl: str) -> None:
         b = _DockerBuild(stages, text, dockerfile, context, runner, work, ctl, pull_options=pull_options,
