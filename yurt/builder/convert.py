@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 
-from yurt.builder.deffile import Definition
+from yurt.builder.deffile_model import Definition
 
 _EXPORT = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 # Values Docker's ENV can take over: plain words, quoted strings, $NAME/${NAME} references (ENV expands

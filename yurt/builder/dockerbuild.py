@@ -292,7 +292,7 @@ class _DockerBuild(BuildState):
         return self.trees[target]
 
     def _definition(self, base: str, line: int):
-        from yurt.builder.deffile import Definition
+        from yurt.builder.deffile_model import Definition
 
         if base.lower() == "scratch":
             return Definition(header={"bootstrap": "scratch"}, bootstrap="scratch", filename=self.filename, line=line)
@@ -622,7 +622,7 @@ def _short(text: str, limit: int = 60) -> str:
 def _base_env_lookup(context: str, pull_options):
     """For the parser: the Env of a base image (pulled into the cache), so ``$PATH`` and friends substitute."""
     def lookup(image: str, platform: str | None) -> list[str] | None:
-        from yurt.builder.deffile import Definition
+        from yurt.builder.deffile_model import Definition
 
         d = Definition(header={"bootstrap": "docker", "from": image}, bootstrap="docker", source=image)
         try:

@@ -396,7 +396,7 @@ def remove_placeholders(root: str, paths: list[str]) -> None:
 
 def read_build_labels(root: str) -> dict[str, str]:
     """Labels that ``%post`` appended to ``$APPTAINER_LABELS`` (``KEY VALUE`` lines); the file is removed."""
-    from yurt.builder.deffile import parse_labels
+    from yurt.builder.deffile_lexer import parse_labels
 
     raw = layout.read_file(root, layout.BUILD_LABELS)
     if raw is None:
