@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from yurt.builder import executor
+from yurt.builder import runner
 
 
 def _child(seconds: float) -> int:
@@ -56,7 +56,7 @@ def test_ctrl_c_right_after_waitpid_reaped_the_child(monkeypatch, sigint_raises)
 
     monkeypatch.setattr(os, "waitpid", waitpid)
     with pytest.raises(KeyboardInterrupt):
-        executor._wait(pid)
+        runner._wait(pid)
     assert calls[0] == (0, (pid, 0))  # the first waitpid did reap it
     assert _gone(pid)
 
@@ -77,7 +77,7 @@ def test_ctrl_c_while_the_child_still_runs(monkeypatch, sigint_raises):
     monkeypatch.setattr(os, "waitpid", waitpid)
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        executor._wait(pid)
+        runner._wait(pid)
     assert time.monotonic() - t0 < 30  # stopped, not waited out
     assert statuses[-1][0] == pid and os.waitstatus_to_exitcode(statuses[-1][1]) == -signal.SIGTERM
     assert _gone(pid)
@@ -97,7 +97,7 @@ def test_a_second_ctrl_c_while_stopping_still_reaps(monkeypatch, sigint_raises):
 
     monkeypatch.setattr(os, "waitpid", waitpid)
     with pytest.raises(KeyboardInterrupt):
-        executor._wait(pid)
+        runner._wait(pid)
     assert len(blocking) in (2, 3) and _gone(pid)  # 2 when the SIGTERM had already ended it
 
 
@@ -105,4 +105,4 @@ def test_a_plain_wait_returns_the_status():
     pid = os.fork()
     if pid == 0:
         os._exit(7)
-    assert os.waitstatus_to_exitcode(executor._wait(pid)) == 7
+    assert os.waitstatus_to_exitcode(runner._wait(pid)) == 7

@@ -8,6 +8,8 @@ import subprocess
 from installed_yurt import yurt_argv
 
 from yurt.builder import convert, deffile, dockerfile
+from yurt.builder.dockerfile_config import image_config
+from yurt.builder.dockerfile_convert import to_deffile
 
 DEF = """Bootstrap: docker
 From: debian:bookworm
@@ -43,7 +45,7 @@ def test_def_to_dockerfile_parses_and_keeps_meaning():
     assert stages[0].base == "debian:bookworm" and stages[0].name == "build"
     cmds = [i.cmd for i in stages[0].instructions]
     assert cmds == ["COPY", "ENV", "ENV", "RUN", "LABEL", "ENTRYPOINT"]
-    config = dockerfile.image_config(stages[0])
+    config = image_config(stages[0])
     assert "GREETING=hi there" in config["Env"]
     assert "PATH=/opt/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in config["Env"]
     assert config["Entrypoint"][:2] == ["/bin/sh", "-c"] and "exec /opt/hello" in config["Entrypoint"][2]
@@ -62,7 +64,7 @@ def test_def_to_dockerfile_parses_and_keeps_meaning():
 def test_dockerfile_to_def_round_trip(tmp_path):
     (tmp_path / "app.py").write_text("print(1)\n")
     df = "FROM python:3.11 AS base\nENV A=1\nCOPY app.py /app/\nRUN pip install x\nCMD [\"python\", \"/app/app.py\"]\n"
-    text, _ = dockerfile.to_deffile(dockerfile.parse(df), context_dir=str(tmp_path))
+    text, _ = to_deffile(dockerfile.parse(df), context_dir=str(tmp_path))
     d = deffile.parse(text)[0]
     assert d.bootstrap == "docker" and d.source == "python:3.11"
     assert ("app.py", "/app/app.py") in d.files

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from yurt.builder import deffile
-from yurt.builder.deffile import Definition, Section, parse, to_text, validate
+from yurt.builder import deffile_model
+from yurt.builder.deffile import parse, validate
+from yurt.builder.deffile_model import Definition, Section, to_text
 from yurt.errors import BuildError
 
 CORPUS = Path(__file__).parent / "corpus" / "deffiles"
@@ -283,7 +284,7 @@ def test_repeated_header_key_warns_last_wins():
 
 
 def test_all_valid_header_keys_accepted():
-    keys = [k for k in deffile.HEADER_KEYS if k not in ("bootstrap", "from")]
+    keys = [k for k in deffile_model.HEADER_KEYS if k not in ("bootstrap", "from")]
     d = one("Bootstrap: docker\nFrom: x\n" + "".join(f"{k}: v\n" for k in keys))
     assert list(d.header) == ["bootstrap", "from", *keys]
 

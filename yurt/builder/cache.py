@@ -22,7 +22,7 @@ unpacked into a fresh sandbox.
 
 In a subuid build the tree belongs to ids the builder cannot read outside the user
 namespace, so scanning, writing layers and unpacking run through the build's
-:class:`yurt.builder.executor.Runner`; these functions take only paths so they can run in a
+:class:`yurt.builder.runner.Runner`; these functions take only paths so they can run in a
 forked child.
 
 Entries are written whole or not at all (:meth:`yurt.store.cache.Store.ensure`), listed and

@@ -23,104 +23,53 @@ nothing else is raised for any text.  What is accepted but not acted upon
 (``Fingerprints:``, the legacy ``%pre``, repeated header keys) is listed in
 :attr:`Definition.warnings`, with its line.
 
+The text level (stages, sections, body syntax, shared with templating) is
+:mod:`yurt.builder.deffile_lexer`; the records and the vocabulary (header keys,
+sections, agents) are :mod:`yurt.builder.deffile_model`.
+
 :meth:`Definition.validate` adds what yurt cannot do yet (bootstrap agents such
 as ``library`` or ``yum``), so that ``parse`` alone still reads whatever
 Apptainer reads, e.g. a definition recorded in an image.
 
-:meth:`Definition.to_text` (and :func:`to_text` for several stages) writes a
-canonical definition that ``parse`` reads back to an equal :class:`Definition`;
-equality ignores line numbers, the raw text, the file name and the warnings.
+:meth:`Definition.to_text` (and :func:`~yurt.builder.deffile_model.to_text` for
+several stages) writes a canonical definition that ``parse`` reads back to an
+equal :class:`Definition`; equality ignores line numbers, the raw text, the file
+name and the warnings.
 
 ``{{ VAR }}`` templating happens before parsing: see :mod:`yurt.builder.templating`.
 """
 
 from __future__ import annotations
 
-import re
 import shlex
 
-from yurt.errors import BuildError
-from yurt.record import Record
-
-# Apptainer's All() splits on `(?mi)^bootstrap:`.  ASCII only, so that what
-# starts a stage is exactly what the header parser reads as the key "bootstrap".
-STAGE_SPLIT_RE = re.compile(r"^bootstrap:", re.IGNORECASE | re.MULTILINE | re.ASCII)
-TEMPLATE_RE = re.compile(r"{{\s*(\w+)\s*}}", re.ASCII)
-
-# validHeaders (deffile.go) and the v1.5 BuildKit keys -> the spelling used by to_text() and in messages.
-HEADER_KEYS: dict[str, str] = {
-    "bootstrap": "Bootstrap",
-    "from": "From",
-    "includecmd": "IncludeCmd",
-    "mirrorurl": "MirrorURL",
-    "updateurl": "UpdateURL",
-    "osversion": "OSVersion",
-    "include": "Include",
-    "library": "Library",
-    "registry": "Registry",
-    "namespace": "Namespace",
-    "stage": "Stage",
-    "product": "Product",
-    "user": "User",
-    "regcode": "Regcode",
-    "productpgp": "ProductPGP",
-    "registerurl": "RegisterURL",
-    "modules": "Modules",
-    "fingerprints": "Fingerprints",
-    "confurl": "ConfURL",
-    "setopt": "SetOpt",
-    "target": "Target",
-    "frontend": "Frontend",
-    "filename": "Filename",
-    "buildargs": "BuildArgs",
-}
-_OTHERURL_RE = re.compile(r"otherurl([0-9]+)", re.ASCII)  # zypper's OtherURL<N>
-VALID_HEADER_LIST = ", ".join([*HEADER_KEYS.values(), "OtherURL<N>"])
-
-SECTIONS = (
-    "arguments",
-    "pre",
-    "setup",
-    "files",
-    "post",
-    "environment",
-    "runscript",
-    "startscript",
-    "test",
-    "labels",
-    "help",
+from yurt.builder.deffile_lexer import (
+    RawSection,
+    _err,
+    _is_comment_or_blank,
+    _show,
+    lex,
+    parse_file_lines,
+    section_name,
+    split_lines,
+    stage_chunks,
 )
-APP_SECTIONS = ("appinstall", "applabels", "appfiles", "appenv", "apptest", "apphelp", "apprun", "appstart")
-_NO_ARGS_SECTIONS = frozenset({"arguments", "environment", "labels", "help", "applabels", "appenv", "apphelp"})
-# An app name becomes a path (/scif/apps/NAME): no "/", no leading "." or "-".
-_APP_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*", re.ASCII)
-
-# Agents yurt builds from, and those it only parses (validate() refuses them).
-SUPPORTED_AGENTS = (
-    "docker",
-    "docker-archive",
-    "oci",
-    "oci-archive",
-    "oras",
-    "localimage",
-    "debootstrap",
-    "busybox",
-    "scratch",
+from yurt.builder.deffile_model import (
+    _APP_NAME_RE,
+    _NO_ARGS_SECTIONS,
+    _OTHERURL_RE,
+    APP_SECTIONS,
+    HEADER_KEYS,
+    KNOWN_AGENTS,
+    REQUIRED_HEADERS,
+    SECTIONS,
+    SUPPORTED_AGENTS,
+    VALID_HEADER_LIST,
+    Definition,
+    Section,
+    _display_key,
 )
-UNSUPPORTED_AGENTS = ("docker-daemon", "library", "shub", "yum", "dnf", "zypper", "arch", "buildkit", "dockerfile")
-KNOWN_AGENTS = SUPPORTED_AGENTS + UNSUPPORTED_AGENTS
-REQUIRED_HEADERS: dict[str, tuple[str, ...]] = {
-    "docker": ("from",),
-    "docker-archive": ("from",),
-    "docker-daemon": ("from",),
-    "oci": ("from",),
-    "oci-archive": ("from",),
-    "oras": ("from",),
-    "localimage": ("from",),
-    "library": ("from",),
-    "shub": ("from",),
-    "debootstrap": ("osversion", "mirrorurl"),
-}
+
 _EXAMPLES = {"from": "From: ubuntu:22.04"}
 FINGERPRINTS_WARNING = "ignored: signature verification of the bootstrap image is not implemented"
 
@@ -138,407 +87,6 @@ def _example(key: str) -> str:
     if mirror is None:
         return "MirrorURL: http://<your Debian mirror>/debian"
     return f"MirrorURL: {mirror.uri}, this host's apt source"
-
-
-def _err(filename: str, line: int, message: str) -> BuildError:
-    return BuildError(f"{filename}:{line}: {message}")
-
-
-def _show(text: str, limit: int = 60) -> str:
-    """``text`` for a message: quoted, and cut to ``limit`` characters."""
-    return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
-def _is_section_line(line: str) -> bool:
-    return line.lstrip()[:1] == "%"
-
-
-def _is_comment_or_blank(line: str) -> bool:
-    s = line.strip()
-    return not s or s.startswith("#")
-
-
-# -- lexing (shared with templating; never raises) --------------------------
-
-
-def split_lines(text: str, first_line: int = 1) -> list[tuple[int, str]]:
-    """``(line number, line)`` for each line of ``text``: split on ``\\n`` only, trailing ``\\r`` dropped."""
-    parts = text.split("\n")
-    if parts[-1] == "":
-        parts.pop()
-    return [(first_line + i, p.rstrip("\r")) for i, p in enumerate(parts)]
-
-
-def stage_chunks(text: str) -> list[tuple[int, str]]:
-    """``text`` cut before every ``Bootstrap:`` line, as ``(first line number, text)`` pieces.
-
-    The first piece is what comes before the first ``Bootstrap:`` (often
-    ``""``); the pieces joined give ``text`` back.
-    """
-    bounds = [0, *(m.start() for m in STAGE_SPLIT_RE.finditer(text)), len(text)]
-    chunks: list[tuple[int, str]] = []
-    line = 1
-    for a, b in zip(bounds, bounds[1:], strict=False):
-        chunk = text[a:b]
-        chunks.append((line, chunk))
-        line += chunk.count("\n")
-    return chunks
-
-
-class RawSection:
-    """A section as lexed: the line number and text of its ``%`` line, and its body lines."""
-
-    __slots__ = ("line", "header", "body")
-
-    def __init__(self, line: int, header: str, body: list[tuple[int, str]]) -> None:
-        self.line = line
-        self.header = header
-        self.body = body
-
-
-def lex(chunk: str, first_line: int = 1) -> tuple[list[tuple[int, str]], list[RawSection]]:
-    """One stage's text -> its header lines and its raw sections; nothing is checked."""
-    header: list[tuple[int, str]] = []
-    sections: list[RawSection] = []
-    for number, line in split_lines(chunk, first_line):
-        if _is_section_line(line):
-            sections.append(RawSection(number, line, []))
-        elif sections:
-            sections[-1].body.append((number, line))
-        else:
-            header.append((number, line))
-    return header, sections
-
-
-def section_name(header_line: str) -> tuple[str, str]:
-    """``("post", " -c /bin/bash")`` for ``"%post -c /bin/bash"``: the lower-case name and the rest of the line."""
-    s = header_line.lstrip().lstrip("%")
-    parts = s.split(None, 1)
-    if not parts:
-        return "", ""
-    start = len(s) - len(s.lstrip())
-    return parts[0].lower(), s[start + len(parts[0]) :]
-
-
-def parse_arguments(lines: list[tuple[int, str]], filename: str) -> tuple[dict[str, str], dict[str, int], list[str]]:
-    """The ``KEY=value`` lines of an ``%arguments`` body: values, their line numbers, and warnings.
-
-    Blank lines and ``#`` comments are skipped; so is a line without ``=``,
-    with a warning (as Apptainer does).  Keys and values are stripped.
-    """
-    values: dict[str, str] = {}
-    where: dict[str, int] = {}
-    warnings: list[str] = []
-    for number, line in lines:
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        key, sep, value = text.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            warnings.append(f"{filename}:{number}: %arguments: skipping {_show(text)}: not KEY=VALUE")
-            continue
-        values[key] = value.strip()
-        where[key] = number
-    return values, where, warnings
-
-
-# -- section bodies -----------------------------------------------------------
-
-
-def _split_paths(text: str, filename: str, number: int) -> list[str]:
-    """Words split at whitespace, with ``"..."`` and ``'...'`` quoting; an unquoted word starting with ``#`` ends it."""
-    words: list[str] = []
-    current: str | None = None
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c.isspace():
-            if current is not None:
-                words.append(current)
-                current = None
-            i += 1
-        elif c == "#" and current is None:
-            break
-        elif c in "\"'":
-            j = text.find(c, i + 1)
-            if j < 0:
-                raise _err(filename, number, f"unterminated {c} quote in {_show(text)}")
-            current = (current or "") + text[i + 1 : j]
-            i = j + 1
-        else:
-            m = TEMPLATE_RE.match(text, i) if c == "{" else None  # an unrendered {{ VAR }} stays one word
-            end = m.end() if m else i + 1
-            current = (current or "") + text[i:end]
-            i = end
-    if current is not None:
-        words.append(current)
-    return words
-
-
-def parse_file_lines(lines: list[tuple[int, str]], filename: str) -> list[tuple[str, str]]:
-    """The ``SRC [DST]`` lines of a ``%files``/``%appfiles`` body as ``(src, dst)``; ``dst`` defaults to ``src``."""
-    pairs: list[tuple[str, str]] = []
-    for number, line in lines:
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        words = _split_paths(text, filename, number)
-        if not words:
-            continue
-        if len(words) > 2:
-            raise _err(
-                filename,
-                number,
-                f"%files line {_show(text)} has {len(words)} paths, expected 'SRC [DST]' "
-                "(quote a path that contains spaces)",
-            )
-        src = words[0]
-        dst = words[1] if len(words) == 2 else src
-        if not src or not dst:
-            raise _err(filename, number, f"%files line {_show(text)} has an empty path")
-        pairs.append((src, dst))
-    return pairs
-
-
-def parse_labels(body: str) -> dict[str, str]:
-    """A ``%labels`` body -> ``{key: value}``: ``KEY VALUE`` lines; blank and ``#`` lines skipped; the last wins."""
-    labels: dict[str, str] = {}
-    for _, line in split_lines(body):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        parts = text.split(None, 1)
-        labels[parts[0]] = parts[1].strip() if len(parts) > 1 else ""
-    return labels
-
-
-# -- records --------------------------------------------------------------------
-
-
-class Section(Record):
-    """One ``%name [args]`` block.  ``app`` is the SCIF app of an ``%app*`` section; ``line`` is its ``%`` line.
-
-    ``body`` is the text from the next line up to the next section, each line
-    ending in ``\\n``.  Equality ignores ``line``.
-    """
-
-    __slots__ = ("name", "args", "body", "app", "line")
-    _defaults = {"args": list, "body": "", "app": None, "line": 0}
-    name: str
-    args: list[str]
-    body: str
-    app: str | None
-    line: int
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return (self.name, self.args, self.body, self.app) == (other.name, other.args, other.body, other.app)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def header_line(self) -> str:
-        """The canonical ``%name [app] [args]`` line."""
-        words = [f"%{self.name}"]
-        if self.app is not None:
-            words.append(self.app)
-        words.extend(shlex.quote(a) for a in self.args)
-        return " ".join(words)
-
-    def body_lines(self) -> list[tuple[int, str]]:
-        """``(line number, line)`` for each line of the body."""
-        return split_lines(self.body, self.line + 1)
-
-
-class Definition(Record):
-    """One stage of a definition file.
-
-    ``header`` maps lower-case keys to the values as written; ``bootstrap`` is
-    the agent in lower case, ``source`` the ``From:`` value and ``stage`` the
-    ``Stage:`` name (``None`` when absent).  ``sections`` holds every section in
-    file order.  ``raw`` is the stage's text as written (the first stage also
-    gets the comment lines before its ``Bootstrap:``), ``line`` the line of its
-    ``Bootstrap:``.  Equality compares the header and the sections only.
-    """
-
-    __slots__ = ("header", "bootstrap", "source", "stage", "sections", "raw", "filename", "line", "warnings")
-    _defaults = {
-        "source": None,
-        "stage": None,
-        "sections": list,
-        "raw": "",
-        "filename": "Singularity",
-        "line": 1,
-        "warnings": list,
-    }
-    header: dict[str, str]
-    bootstrap: str
-    source: str | None
-    stage: str | None
-    sections: list[Section]
-    raw: str
-    filename: str
-    line: int
-    warnings: list[str]
-
-    _COMPARED = ("header", "bootstrap", "source", "stage", "sections")
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in self._COMPARED)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    # -- sections --
-
-    def sections_named(self, name: str, app: str | None = None) -> list[Section]:
-        return [s for s in self.sections if s.name == name and s.app == app]
-
-    def body(self, name: str, app: str | None = None) -> str:
-        """The bodies of every ``%name`` section (of ``app``), joined in file order; ``""`` when there is none."""
-        return "".join(s.body for s in self.sections_named(name, app))
-
-    def section_args(self, name: str, app: str | None = None) -> list[str]:
-        """The arguments of the last ``%name`` section, e.g. ``["-c", "/bin/bash"]`` (Apptainer keeps the last)."""
-        found = self.sections_named(name, app)
-        return list(found[-1].args) if found else []
-
-    @property
-    def pre(self) -> str:
-        return self.body("pre")
-
-    @property
-    def setup(self) -> str:
-        return self.body("setup")
-
-    @property
-    def post(self) -> str:
-        return self.body("post")
-
-    @property
-    def environment(self) -> str:
-        return self.body("environment")
-
-    @property
-    def runscript(self) -> str:
-        return self.body("runscript")
-
-    @property
-    def startscript(self) -> str:
-        return self.body("startscript")
-
-    @property
-    def test(self) -> str:
-        return self.body("test")
-
-    @property
-    def help(self) -> str:
-        return self.body("help")
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return parse_labels(self.body("labels"))
-
-    @property
-    def arguments(self) -> dict[str, str]:
-        """The ``%arguments`` defaults as written (before templating)."""
-        lines = [x for s in self.sections_named("arguments") for x in s.body_lines()]
-        return parse_arguments(lines, self.filename)[0]
-
-    @property
-    def files(self) -> list[tuple[str, str]]:
-        """``(src, dst)`` for every line of the ``%files`` sections without ``from``, in file order."""
-        return [
-            p
-            for s in self.sections_named("files")
-            if not s.args
-            for p in parse_file_lines(s.body_lines(), self.filename)
-        ]
-
-    @property
-    def files_from(self) -> dict[str, list[tuple[str, str]]]:
-        """``{stage: [(src, dst), ...]}`` from the ``%files from STAGE`` sections."""
-        out: dict[str, list[tuple[str, str]]] = {}
-        for s in self.sections_named("files"):
-            if len(s.args) == 2:
-                out.setdefault(s.args[1], []).extend(parse_file_lines(s.body_lines(), self.filename))
-        return out
-
-    @property
-    def apps(self) -> dict[str, dict[str, str]]:
-        """``{app: {"appinstall": body, "apprun": body, ...}}``, apps in the order they first appear."""
-        out: dict[str, dict[str, str]] = {}
-        for s in self.sections:
-            if s.app is not None:
-                app = out.setdefault(s.app, {})
-                app[s.name] = app.get(s.name, "") + s.body
-        return out
-
-    def app_files(self, app: str) -> list[tuple[str, str]]:
-        """``(src, dst)`` pairs of the ``%appfiles APP`` sections."""
-        return [
-            p for s in self.sections_named("appfiles", app) for p in parse_file_lines(s.body_lines(), self.filename)
-        ]
-
-    def app_labels(self, app: str) -> dict[str, str]:
-        return parse_labels(self.body("applabels", app))
-
-    # -- checks and output --
-
-    def validate(self) -> None:
-        """Refuse (BuildError) what parses but yurt cannot build yet."""
-        if self.bootstrap not in SUPPORTED_AGENTS:
-            raise _err(
-                self.filename,
-                self.line,
-                f"Bootstrap: {self.bootstrap} is not supported by yurt yet (supported: {', '.join(SUPPORTED_AGENTS)})",
-            )
-
-    def to_text(self) -> str:
-        """This stage as a canonical definition: the header, a blank line, then the sections.
-
-        A stage with ``%files from`` reads back only after the stages it names
-        (see :func:`to_text`).
-        """
-        out: list[str] = []
-        for key in ["bootstrap", *(k for k in self.header if k != "bootstrap")]:
-            value = self.header.get(key, self.bootstrap if key == "bootstrap" else "")
-            out.extend(_header_lines(_display_key(key), value))
-        out.append("")
-        for s in self.sections:
-            out.append(s.header_line())
-            if s.body:
-                out.append(s.body[:-1] if s.body.endswith("\n") else s.body)
-        return "\n".join(out) + "\n"
-
-
-def _display_key(key: str) -> str:
-    m = _OTHERURL_RE.fullmatch(key)
-    return f"OtherURL{m.group(1)}" if m else HEADER_KEYS.get(key, key)
-
-
-def _header_lines(key: str, value: str) -> list[str]:
-    """``Key: value`` lines that the header parser reads back as ``value`` (newlines as ``\\n\\`` continuations)."""
-    segments = value.split("\n")
-    lines: list[str] = []
-    for i, seg in enumerate(segments):
-        prefix = f"{key}: " if i == 0 else "    "  # indented: a continuation never starts a stage
-        if i < len(segments) - 1:
-            lines.append(prefix + seg + "\\n\\")
-        elif i > 0 and seg == "":
-            lines.append("")  # a blank line ends the continuation, keeping the final newline
-        elif seg.endswith("\\") or seg != seg.rstrip():
-            lines.extend([prefix + seg + "\\", ""])  # a continuation keeps what the end of a line would lose
-        else:
-            lines.append((prefix + seg).rstrip())
-    return lines
-
-
-def to_text(definitions: list[Definition]) -> str:
-    """The canonical text of a whole (multi-stage) definition file."""
-    return "".join(d.to_text() for d in definitions)
 
 
 # -- parsing ----------------------------------------------------------------------

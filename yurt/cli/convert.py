@@ -46,10 +46,11 @@ def main(command: str, argv: list[str], ctx) -> int:
     if values["to"] not in (None, "def", "deffile", "dockerfile"):
         raise UsageError(f"unknown format {values['to']!r}", "use def or dockerfile")
     if to_def:
-        from yurt.builder import dockerfile
+        from yurt.builder import dockerfile, dockerfile_convert
 
         stages = dockerfile.parse(text, filename=path)
-        result, warnings = dockerfile.to_deffile(stages, context_dir=values["context"] or os.path.dirname(path) or ".")
+        result, warnings = dockerfile_convert.to_deffile(stages,
+                                                         context_dir=values["context"] or os.path.dirname(path) or ".")
     else:
         from yurt.builder import convert, deffile
 
