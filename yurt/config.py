@@ -276,6 +276,23 @@ def _site_file_may_exist() -> bool:
     return True
 
 
+SITE_CONFDIR = "/etc/yurt"
+
+
+def sysconf_path(name: str, env: dict[str, str]) -> str:
+    """``/etc/yurt/NAME``; ``$YURT_SYSCONFDIR/NAME`` only while the real one does not exist.
+
+    The site's other files (``hooks.d``, ``nvliblist.conf``...).  Tests and machines without a
+    site configuration can point yurt elsewhere, but a user cannot hide the site's own hooks or
+    lists this way.
+    """
+    real = os.path.join(SITE_CONFDIR, name)
+    alt = env.get("YURT_SYSCONFDIR")
+    if alt and not os.path.exists(real):
+        return os.path.join(alt, name)
+    return real
+
+
 def user_path(environ: dict[str, str] | os._Environ | None = None) -> str:
     env = os.environ if environ is None else environ
     base = env.get("XDG_CONFIG_HOME", "")
