@@ -5,7 +5,7 @@
 #                then the root-only pass; otherwise against the editable development install)
 #   make dist    build the sdist and, from it, the wheel (python -m build) and check both
 #   make install editable development install with the test extras into the venv
-#   make lint    ruff check
+#   make lint    ruff check, and lint-imports (the import contracts in pyproject.toml); make test runs both
 #   make bench   start-up benchmark of the wheel against peer runtimes (bench/startup; BENCH_ARGS=...)
 #   make clean   remove build products (distclean: also the venv)
 #
@@ -177,6 +177,22 @@ demo: deps dist
 	'$(YURT)' exec demo.sif cat /etc/os-release || { '$(YURT)' exec demo.sif busybox || true; } | head -1
 	echo "==> demo done: try '$(YURT) shell demo.sif'"
 
+# ---------------------------------------------------------------- lint
+
+# $(call run_lint): ruff, then lint-imports (the layer, cycle and exec-path contracts of pyproject.toml),
+# with $(VENV)'s tools, on this source tree.  lint-imports analyses the yurt package it finds first on
+# sys.path: PYTHONPATH puts this tree's yurt/ (what the sdist and wheel are built from) before any
+# installed copy.  No caches are written into the tree.  Both run; the recipe fails if either fails.
+define run_lint
+	cd '$(CURDIR)'
+	lint=0
+	echo "==> ruff check . bench/startup bench/pull scripts/check-dist"
+	'$(VENV)/bin/ruff' check --no-cache . bench/startup bench/pull scripts/check-dist || lint=1
+	echo "==> lint-imports (import contracts of pyproject.toml) on $(CURDIR)/yurt"
+	PYTHONPATH='$(CURDIR)' '$(VENV)/bin/lint-imports' --no-cache || lint=1
+	[ "$$lint" = 0 ] || { echo "error: lint failed (output above)" >&2; exit 1; }
+endef
+
 # ---------------------------------------------------------------- tests
 
 ifeq ($(IS_ROOT),1)
@@ -242,7 +258,9 @@ test-setup: deps test-user dist stage
 	runuser -u '$(TEST_USER)' -- env -i HOME=/home/$(TEST_USER) $(TEST_ENV_COMMON) '$(YURT)' --version
 
 test: test-setup
-	rootless=0 root=0
+	rootless=0 root=0 lint=0
+	echo "==> lint (ruff, lint-imports): the tests run after it either way"
+	( $(call run_lint) ) || lint=$$?
 	cd '$(STAGE)'
 	echo "==> [1/2] rootless tests as $(TEST_USER) in $(STAGE): pytest -m 'not root' $(PYTEST_PATHS)"
 	runuser -u '$(TEST_USER)' -- env -i HOME=/home/$(TEST_USER) USER=$(TEST_USER) LOGNAME=$(TEST_USER) \
@@ -252,8 +270,8 @@ test: test-setup
 	env -i HOME=/root USER=root LOGNAME=root $(TEST_ENV_COMMON) $(TEST_ARTIFACTS) \
 		'$(VENV)/bin/python' -m pytest -m root $(PYTEST_FLAGS) $(PYTEST_PATHS) || root=$$?
 	if [ "$$root" = 5 ]; then echo "==> (no root-only tests collected)"; root=0; fi
-	echo "==> rootless pass: exit $$rootless; root pass: exit $$root"
-	[ "$$rootless" = 0 ] && [ "$$root" = 0 ]
+	echo "==> lint: exit $$lint; rootless pass: exit $$rootless; root pass: exit $$root"
+	[ "$$lint" = 0 ] && [ "$$rootless" = 0 ] && [ "$$root" = 0 ]
 
 else
 
@@ -262,16 +280,18 @@ test-setup: deps
 	$(call install_yurt,$(CURDIR))
 
 test: test-setup
+	lint=0
+	( $(call run_lint) ) || lint=$$?
 	echo "==> pytest tests against the editable install (root-only tests skip themselves)"
 	'$(VENV)/bin/python' -m pytest $(PYTEST_FLAGS) $(PYTEST_PATHS)
+	[ "$$lint" = 0 ] || { echo "error: lint failed (output above)" >&2; exit 1; }
 
 endif
 
 # ---------------------------------------------------------------- lint, bench, clean
 
 lint: install
-	echo "==> ruff check . bench/startup bench/pull scripts/check-dist"
-	'$(VENV)/bin/ruff' check . bench/startup bench/pull scripts/check-dist
+	$(call run_lint)
 
 bench: install dist
 	echo "==> bench/startup --wheel $$(ls '$(DIST)'/yurt-*.whl) $(BENCH_ARGS)"
@@ -279,7 +299,7 @@ bench: install dist
 
 clean:
 	echo "==> removing build products"
-	rm -rf demo.sif build dist .pytest_cache .ruff_cache *.egg-info .venv-build
+	rm -rf demo.sif build dist .pytest_cache .ruff_cache .import_linter_cache *.egg-info .venv-build
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 ifeq ($(IS_ROOT),1)
 	rm -rf '$(STAGE_PARENT)'

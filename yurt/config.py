@@ -8,8 +8,10 @@ Two TOML files, read with :mod:`tomllib`:
 
 Both are optional.  ``yurt exec`` runs once per MPI rank, so when neither file exists loading
 costs two ``stat`` calls and :mod:`tomllib` (about 10 ms to import) is never imported; a file that
-keeps to plain ``key = value`` lines is read without it too (:func:`parse_simple`, about 1 ms), and
-a parsed file is kept for the life of the process.
+keeps to plain ``key = value`` lines is read without it too (:func:`yurt.configfile.parse_simple`,
+about 1 ms), and a parsed file is kept for the life of the process.  Reading a file is
+:mod:`yurt.configfile`, loaded only once a file exists; this module is the key table, the value
+checks, the precedence rules and the site's policy checks.
 
 Keys (all at the top level of the file; ``yurt config show`` prints the effective values and where
 each came from):
@@ -276,6 +278,23 @@ def _site_file_may_exist() -> bool:
     return True
 
 
+SITE_CONFDIR = "/etc/yurt"
+
+
+def sysconf_path(name: str, env: dict[str, str]) -> str:
+    """``/etc/yurt/NAME``; ``$YURT_SYSCONFDIR/NAME`` only while the real one does not exist.
+
+    The site's other files (``hooks.d``, ``nvliblist.conf``...).  Tests and machines without a
+    site configuration can point yurt elsewhere, but a user cannot hide the site's own hooks or
+    lists this way.
+    """
+    real = os.path.join(SITE_CONFDIR, name)
+    alt = env.get("YURT_SYSCONFDIR")
+    if alt and not os.path.exists(real):
+        return os.path.join(alt, name)
+    return real
+
+
 def user_path(environ: dict[str, str] | os._Environ | None = None) -> str:
     env = os.environ if environ is None else environ
     base = env.get("XDG_CONFIG_HOME", "")
@@ -362,87 +381,19 @@ def _read(path: str, which: str, env) -> dict[str, object] | None:
     cached = _parsed.get(key)
     if cached is not None:
         return cached
-    if which == "site" and path == SITE_CONFIG:
-        _check_trusted(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        hint = "the site file must be readable by every user" if which == "site" else None
-        raise ConfigError(f"cannot read the {which} config {path}: {e.strerror}", hint)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text (byte {e.start})")
-    doc = parse_simple(text)
-    if doc is None:
-        import tomllib
+    from yurt import configfile  # only once a file exists: without one, yurt exec never loads it
 
-        try:
-            doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}")
+    if which == "site" and path == SITE_CONFIG:
+        configfile.check_trusted(path)
+    text, doc = configfile.read_document(path, which)
     values = _validate(doc, path, text, which, env)
     _parsed[key] = values
     return values
 
 
-# A strict subset of TOML that every file of this flat format is likely to use: ``key = value``
-# lines, where a value is a boolean, a decimal integer, a string without escapes, or a one-line
-# array of those strings and integers; blank lines and comments.  For that subset the meaning is
-# plain, so :func:`parse_simple` reads it without importing tomllib (about 10 ms, paid by every MPI
-# rank otherwise); any other line, or a repeated key, sends the whole file to tomllib.
-_STR = r'"[^"\\\x00-\x1f\x7f]*"' + r"|'[^'\x00-\x1f\x7f]*'"
-_ITEM = rf"(?:{_STR}|0|-?[1-9][0-9]*)"
-_VALUE = rf"{_ITEM}|true|false|\[[ \t]*(?:{_ITEM}[ \t]*(?:,[ \t]*{_ITEM}[ \t]*)*,?[ \t]*)?\]"
-_COMMENT = r"(?:#[^\x00-\x08\x0a-\x1f\x7f]*)?"
-_LINE = rf"[ \t]*(?:([A-Za-z0-9_-]+)[ \t]*=[ \t]*({_VALUE})[ \t]*)?{_COMMENT}"
-_compiled: list = []
-
-
-def parse_simple(text: str) -> dict[str, object] | None:
-    """The document, when ``text`` keeps to the simple subset above; None otherwise (use tomllib)."""
-    import re
-
-    if not _compiled:
-        _compiled.extend((re.compile(_LINE), re.compile(_ITEM)))
-    line_re, item_re = _compiled
-    doc: dict[str, object] = {}
-    for line in text.split("\n"):
-        m = line_re.fullmatch(line[:-1] if line.endswith("\r") else line)
-        if m is None:
-            return None
-        key, raw = m.groups()
-        if key is None:
-            continue
-        if key in doc:
-            return None  # tomllib names the error
-        if raw.startswith("["):
-            doc[key] = [_scalar(item) for item in item_re.findall(raw)]
-        else:
-            doc[key] = _scalar(raw)
-    return doc
-
-
-def _scalar(raw: str) -> object:
-    if raw[0] in "\"'":
-        return raw[1:-1]
-    if raw in ("true", "false"):
-        return raw == "true"
-    return int(raw)
-
-
-def _check_trusted(path: str) -> None:
-    """Site policy the user could edit would be no policy: refuse a user-writable site file."""
-    if os.getuid() == 0:
-        return
-    for p in (path, os.path.dirname(path)):
-        if os.access(p, os.W_OK):
-            raise ConfigError(f"{p} is writable by you, so it cannot hold site policy",
-                              "the administrator must make it writable by root only")
-
-
 def _validate(doc: dict, path: str, text: str, which: str, env) -> dict[str, object]:
+    from yurt.configfile import where as _where
+
     out: dict[str, object] = {}
     for name, raw in doc.items():
         key = KEYS.get(name)
@@ -457,17 +408,6 @@ def _validate(doc: dict, path: str, text: str, which: str, env) -> dict[str, obj
         except ValueError as e:
             raise ConfigError(f"{_where(path, text, name)}{name}: {e}")
     return out
-
-
-def _where(path: str, text: str, name: str) -> str:
-    import re
-
-    esc = re.escape(name)
-    pattern = rf"^[ \t]*(?:{esc}|\"{esc}\"|'{esc}')[ \t]*=|^[ \t]*\[+[ \t]*{esc}[ \t]*[\].]"
-    m = re.search(pattern, text, re.MULTILINE)
-    if m is None:
-        return f"{path}: "
-    return f"{path}: line {text.count(chr(10), 0, m.start()) + 1}: "
 
 
 def _from_env(key: Key, raw: str, env) -> object:

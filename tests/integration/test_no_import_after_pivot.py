@@ -190,6 +190,18 @@ def test_exec_directory(guard, bare_rootfs, mode):
 
 @rootless
 @pytest.mark.userns
+def test_exec_mpi_host_abi_check(guard, bare_rootfs):
+    """``--mpi=host``: the ABI check (``YurtExtras.container_checks``) runs in the new root, before execve."""
+    from yurt.runtime.gpu import ld_cache
+
+    if not any(name.startswith("libmpi.so.") for name, _ in ld_cache("/")):
+        pytest.skip("no host MPI library (libopenmpi3)")
+    guard.ok("exec", "--mpi=host", bare_rootfs, "id")
+    guard.check()
+
+
+@rootless
+@pytest.mark.userns
 def test_error_and_notice_paths_after_the_switch(guard, bare_rootfs):
     """Reporting a missing command and a missing working directory happens inside the container."""
     r = guard.yurt("exec", bare_rootfs, "no-such-command")

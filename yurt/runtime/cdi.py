@@ -25,8 +25,7 @@ import os
 
 from yurt.errors import UsageError
 from yurt.runtime import gpu
-from yurt.runtime.hooks import STAGES as HOOK_STAGES
-from yurt.spec import ContainerSpec, Hook, Mount
+from yurt.spec import HOOK_STAGES, ContainerSpec, Hook, Mount
 
 DEFAULT_DIRS = ("/etc/cdi", "/var/run/cdi")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")

@@ -13,8 +13,7 @@ import time
 
 from yurt import syscalls as sc
 from yurt.errors import RuntimeSetupError
-from yurt.runtime.hooks import STAGES
-from yurt.spec import ContainerSpec, Hook
+from yurt.spec import HOOK_STAGES, ContainerSpec, Hook
 
 STATUS = {"prestart": "creating", "createRuntime": "creating", "createContainer": "creating",
           "startContainer": "created", "poststart": "running", "poststop": "stopped"}
@@ -73,7 +72,7 @@ class HookRunner:
         import json
 
         self.spec = spec
-        self.hooks = {s: list(spec.hooks.get(s) or []) for s in STAGES}
+        self.hooks = {s: list(spec.hooks.get(s) or []) for s in HOOK_STAGES}
         self.json = json
         self.id = f"yurt-{os.getpid()}"
         self.bundle = ""

@@ -46,14 +46,15 @@ class ActionRequest(Record):
                  "ipc", "net", "uts", "hostname", "cleanenv", "env", "env_file", "fakeroot", "writable_tmpfs",
                  "writable_tmpfs_size", "overlays", "workdir", "shell", "no_init", "ignore_subuid", "writable",
                  "fake_ownership", "app", "debug", "site", "image_ref", "nv", "rocm", "devices", "cdi_dirs",
-                 "hooks_dirs", "mpi", "run_as", "image_tmp")
+                 "hooks_dirs", "mpi", "run_as", "image_tmp", "integrations")
     _defaults = {"args": list, "binds": list, "home": None, "no_home": False, "pwd": None, "contain": False,
                  "containall": False, "pid": False, "ipc": False, "net": False, "uts": False, "hostname": None,
                  "cleanenv": False, "env": list, "env_file": None, "fakeroot": False, "writable_tmpfs": False,
                  "writable_tmpfs_size": 64, "overlays": list, "workdir": None, "shell": None, "no_init": False,
                  "ignore_subuid": False, "writable": False, "fake_ownership": False, "app": None,
                  "debug": False, "site": True, "image_ref": None, "nv": False, "rocm": False, "devices": list,
-                 "cdi_dirs": list, "hooks_dirs": list, "mpi": None, "run_as": None, "image_tmp": False}
+                 "cdi_dirs": list, "hooks_dirs": list, "mpi": None, "run_as": None, "image_tmp": False,
+                 "integrations": dict}
     action: str  # exec | run | shell
     image: Image
     args: list[str]
@@ -96,6 +97,9 @@ class ActionRequest(Record):
     mpi: str | None  # --mpi: None/hybrid (the image's MPI), host (bind the host's), none (no MPI help)
     run_as: list[int] | None  # build steps (Dockerfile USER): [uid, gid, *groups] inside a fakeroot namespace
     image_tmp: bool  # build steps: /tmp and /var/tmp are the image's own (what RUN writes there stays in it)
+    # Built-in hooks of the layers above the runtime (yurt-mpi.json: yurt.hpc), added to the runtime's own
+    # (yurt.runtime.hooks.BUILTINS); the command line hands them in, so the runtime imports nothing above it.
+    integrations: dict
 
 
 class Bind(Record):
@@ -351,7 +355,8 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None, c
     from yurt.runtime.hooks import integrate  # MPI, GPUs, CDI devices, network, OCI hooks
 
     return integrate(spec, nv=req.nv, rocm=req.rocm, mpi=mpi, devices=req.devices, cdi_dirs=req.cdi_dirs,
-                     hooks_dirs=req.hooks_dirs, has_bind_mounts=bool(req.binds), env=host_env, site=site)
+                     hooks_dirs=req.hooks_dirs, has_bind_mounts=bool(req.binds), env=host_env, site=site,
+                     integrations=req.integrations)
 
 
 # The host's own system trees are never bound over the image's as "the working directory":
