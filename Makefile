@@ -1,14 +1,20 @@
 # yurt developer entry points.
 #
-#   make demo    install system packages (as root) and yurt, build demo.sif from busybox, run it
-#   make test    install test deps and run the whole suite (as root: rootless pass as $(TEST_USER),
-#                then the root-only pass)
-#   make lint    ruff check
-#   make bench   start-up benchmark against peer runtimes (bench/startup; BENCH_ARGS=...)
+#   make demo    install system packages (as root) and the wheel, build demo.sif from busybox, run it
+#   make test    run the whole suite (as root, CI: against the wheel, rootless pass as $(TEST_USER),
+#                then the root-only pass; otherwise against the editable development install)
+#   make dist    build the sdist and, from it, the wheel (python -m build) and check both
+#   make install editable development install with the test extras into the venv
+#   make lint    ruff check, and lint-imports (the import contracts in pyproject.toml); make test runs both
+#   make bench   start-up benchmark of the wheel against peer runtimes (bench/startup; BENCH_ARGS=...)
 #   make clean   remove build products (distclean: also the venv)
 #
 # As root the venv is $(VENV) = /opt/yurt-venv (world-readable, so the unprivileged test user can
 # use it) built from /usr/bin/python3; otherwise it is .venv in the source tree.
+#
+# What `make test` tests as root (CI) is what users install: the wheel built from the sdist, installed
+# (not editable) into $(VENV), with the tests run from a copy of tests/ and scripts/ that has no yurt/
+# package, so nothing can import the source tree (tests/integration/test_installed_artifact.py).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -29,13 +35,25 @@ VENV_PYTHON ?= python3
 endif
 
 TEST_USER ?= yurttest
+# A second unprivileged user: the site-policy tests attack one user's files as the other.
+OTHER_USER ?= yurtother
 # Where the tree is copied for the unprivileged test user (the clone may live in a 0700 /root).
 STAGE_PARENT ?= /var/tmp/yurt-ci
 STAGE ?= $(STAGE_PARENT)/src
+# The sdist and wheel (make dist), and the venv with `build` that makes them.
+ifeq ($(IS_ROOT),1)
+DIST ?= $(STAGE_PARENT)/dist
+BUILD_VENV ?= $(STAGE_PARENT)/build-venv
+else
+DIST ?= $(CURDIR)/dist
+BUILD_VENV ?= $(CURDIR)/.venv-build
+endif
 SUBID_RANGE_START ?= 100000
 SUBID_RANGE_COUNT ?= 65536
 PYTEST_TIMEOUT ?= 300
 PYTEST_ARGS ?=
+# What pytest collects (e.g. PYTEST_PATHS='tests/unit tests/integration/test_exec_rootless.py').
+PYTEST_PATHS ?= tests
 PYTEST_FLAGS := -ra -p no:cacheprovider --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)
 BENCH_ARGS ?=
 SYS_PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -44,10 +62,10 @@ TEST_ENV_COMMON := PATH=$(VENV)/bin:$(SYS_PATH) LANG=C.UTF-8 PYTHONDONTWRITEBYTE
 	CI="$${CI:-}" TERM="$${TERM:-dumb}"
 YURT := $(VENV)/bin/yurt
 
-.PHONY: help deps install demo test test-setup test-user stage lint bench clean distclean
+.PHONY: help deps install dist demo test test-setup test-user stage lint bench clean distclean
 
 help:
-	@sed -n '3,9s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '3,11s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
 # ---------------------------------------------------------------- system packages
 
@@ -83,16 +101,67 @@ endef
 install:
 	$(call install_yurt,$(CURDIR))
 
+# ---------------------------------------------------------------- sdist + wheel
+
+# What a release ships: the sdist, and the wheel built from that sdist (python -m build does both, so a
+# file the sdist lacks breaks the wheel build here rather than for a user).  scripts/check-dist then
+# checks that both carry every file under yurt/ (package data).  Skipped when the sources that go into
+# them are unchanged since the last build in $(DIST).
+DIST_INPUTS := yurt bin pyproject.toml README.md $(wildcard MANIFEST.in LICENSE*)
+
+dist:
+	umask 022
+	digest=$$(find $(DIST_INPUTS) -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 \
+		| LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+	if [ "$$(cat '$(DIST)/.source-digest' 2>/dev/null)" = "$$digest" ] \
+			&& ls '$(DIST)'/yurt-*.whl '$(DIST)'/yurt-*.tar.gz >/dev/null 2>&1; then
+		echo "==> $(DIST): sdist and wheel are up to date"
+		exit 0
+	fi
+	if ! '$(BUILD_VENV)/bin/python' -c 'import build' 2>/dev/null; then
+		echo "==> creating $(BUILD_VENV) with $(VENV_PYTHON) and pip install build"
+		'$(VENV_PYTHON)' -m venv '$(BUILD_VENV)'
+		'$(BUILD_VENV)/bin/python' -m pip install --disable-pip-version-check -q build
+	fi
+	echo "==> python -m build --outdir $(DIST) (sdist, then the wheel from the sdist)"
+	rm -rf '$(DIST)'
+	mkdir -p '$(DIST)'
+	if ! '$(BUILD_VENV)/bin/python' -m build --outdir '$(DIST)' . >'$(DIST)/build.log' 2>&1; then
+		cat '$(DIST)/build.log' >&2
+		echo "error: python -m build failed (log above)" >&2
+		exit 1
+	fi
+	'$(VENV_PYTHON)' scripts/check-dist . '$(DIST)'/yurt-*.whl '$(DIST)'/yurt-*.tar.gz
+	echo "$$digest" > '$(DIST)/.source-digest'
+	chmod -R a+rX '$(DIST)'
+	ls -l '$(DIST)'/yurt-*
+
+# $(call install_wheel): create $(VENV) if needed and install $(DIST)'s wheel with the test extras
+# into it (not editable); skipped when that very wheel (same sha256) is installed there already.
+define install_wheel
+	umask 022
+	wheel=$$(ls '$(DIST)'/yurt-*.whl)
+	want="wheel $$(sha256sum "$$wheel" | cut -d' ' -f1)"
+	if [ ! -x '$(VENV)/bin/python' ]; then
+		echo "==> creating venv $(VENV) with $(VENV_PYTHON)"
+		'$(VENV_PYTHON)' -m venv '$(VENV)'
+	fi
+	if [ "$$(cat '$(VENV)/.yurt-install' 2>/dev/null)" != "$$want" ]; then
+		echo "==> pip install $$wheel[test] into $(VENV) (not editable)"
+		rm -f '$(VENV)/.yurt-install'
+		'$(VENV)/bin/python' -m pip uninstall --disable-pip-version-check -q -y yurt 2>/dev/null || true
+		'$(VENV)/bin/python' -m pip install --disable-pip-version-check -q "$$wheel[test]"
+		echo "$$want" > '$(VENV)/.yurt-install'
+	else
+		echo "==> $$(basename "$$wheel") already installed in $(VENV)"
+	fi
+endef
+
 # ---------------------------------------------------------------- demo
 
-demo:
-ifeq ($(IS_ROOT),1)
-	bash scripts/install-system-deps
-else
-	bash scripts/install-system-deps --check || \
-		echo "warning: some system packages are missing; the demo may fail (run 'sudo make deps')" >&2
-endif
-	$(call install_yurt,$(CURDIR))
+# The demo installs yurt as users do: the wheel, not an editable tree.
+demo: deps dist
+	$(call install_wheel)
 	tmp=$$(mktemp -d)
 	trap 'rm -rf "$$tmp"' EXIT
 	echo "==> scripts/make-busybox-rootfs $$tmp/rootfs"
@@ -108,16 +177,34 @@ endif
 	'$(YURT)' exec demo.sif cat /etc/os-release || { '$(YURT)' exec demo.sif busybox || true; } | head -1
 	echo "==> demo done: try '$(YURT) shell demo.sif'"
 
+# ---------------------------------------------------------------- lint
+
+# $(call run_lint): ruff, then lint-imports (the layer, cycle and exec-path contracts of pyproject.toml),
+# with $(VENV)'s tools, on this source tree.  lint-imports analyses the yurt package it finds first on
+# sys.path: PYTHONPATH puts this tree's yurt/ (what the sdist and wheel are built from) before any
+# installed copy.  No caches are written into the tree.  Both run; the recipe fails if either fails.
+define run_lint
+	cd '$(CURDIR)'
+	lint=0
+	echo "==> ruff check . bench/startup bench/pull scripts/check-dist"
+	'$(VENV)/bin/ruff' check --no-cache . bench/startup bench/pull scripts/check-dist || lint=1
+	echo "==> lint-imports (import contracts of pyproject.toml) on $(CURDIR)/yurt"
+	PYTHONPATH='$(CURDIR)' '$(VENV)/bin/lint-imports' --no-cache || lint=1
+	[ "$$lint" = 0 ] || { echo "error: lint failed (output above)" >&2; exit 1; }
+endef
+
 # ---------------------------------------------------------------- tests
 
 ifeq ($(IS_ROOT),1)
 
 # The unprivileged test user, with a subordinate id range for --fakeroot / newuidmap.
 test-user:
-	if ! id -u '$(TEST_USER)' >/dev/null 2>&1; then
-		echo "==> useradd -m $(TEST_USER)"
-		useradd -m -U -s /bin/bash '$(TEST_USER)'
-	fi
+	for u in '$(TEST_USER)' '$(OTHER_USER)'; do
+		if ! id -u "$$u" >/dev/null 2>&1; then
+			echo "==> useradd -m $$u"
+			useradd -m -U -s /bin/bash "$$u"
+		fi
+	done
 	# A supplementary group, so the tests can check that groups survive the user namespace.
 	if ! id -nG '$(TEST_USER)' | grep -qw users; then
 		echo "==> usermod -aG users $(TEST_USER)"
@@ -139,73 +226,80 @@ test-user:
 		chmod 0666 /dev/fuse
 	fi
 
-# Copy the tree to a world-readable place the test user can read.
+# Copy what the tests need to a world-readable place the test user can read (the clone may live in a
+# 0700 /root): tests/, scripts/ and pyproject.toml (pytest's settings), NOT the yurt/ package, so the
+# tests can only import the installed wheel.
+STAGED := tests scripts pyproject.toml
+
 stage:
 	umask 022
 	src=$$(realpath '$(CURDIR)')
 	if [ "$$src" = "$$(realpath -m '$(STAGE)')" ]; then
-		echo "==> already running from $(STAGE)"
-		exit 0
+		echo "error: the source tree is the staging directory $(STAGE); run make test from a clone" >&2
+		exit 1
 	fi
-	echo "==> staging $$src -> $(STAGE)"
+	echo "==> staging $(STAGED) of $$src -> $(STAGE) (without the yurt package)"
 	mkdir -p '$(STAGE)'
 	chmod 0755 '$(STAGE_PARENT)' '$(STAGE)'
-	excludes=(--exclude=/.git/ --exclude=/.venv/ --exclude=__pycache__/ --exclude=.pytest_cache/ \
-		--exclude=.ruff_cache/ --exclude=/demo.sif --exclude=/build/ --exclude='*.egg-info/')
-	if command -v rsync >/dev/null 2>&1; then
-		rsync -a --delete "$${excludes[@]}" "$$src/" '$(STAGE)/'
-	else
-		find '$(STAGE)' -mindepth 1 -maxdepth 1 ! -name '*.egg-info' -exec rm -rf {} +
-		(cd "$$src" && tar -cf - --exclude=./.git --exclude=./.venv --exclude=__pycache__ .) \
-			| tar -xf - -C '$(STAGE)'
-	fi
+	find '$(STAGE)' -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+	tar -cf - --exclude=__pycache__ --exclude=.pytest_cache $(STAGED) | tar -xf - -C '$(STAGE)'
 	chmod -R a+rX '$(STAGE)'
 
-test-setup: deps test-user stage
-	$(call install_yurt,$(STAGE))
+# The artifacts under test, for tests/integration/test_installed_artifact.py and test_python_versions_root.py.
+TEST_ARTIFACTS = YURT_TEST_WHEEL="$$(ls '$(DIST)'/yurt-*.whl)" YURT_TEST_SDIST="$$(ls '$(DIST)'/yurt-*.tar.gz)"
+
+test-setup: deps test-user dist stage
+	$(call install_wheel)
 	chmod -R a+rX '$(VENV)'
-	echo "==> checking that $(TEST_USER) can import yurt and pytest from $(VENV)"
+	echo "==> checking that $(TEST_USER) runs the installed wheel from $(VENV), not a source tree"
 	cd '$(STAGE)'
-	runuser -u '$(TEST_USER)' -- env -i HOME=/home/$(TEST_USER) $(TEST_ENV_COMMON) \
-		'$(VENV)/bin/python' -c 'import sys, yurt, pytest; print(sys.executable, "yurt", yurt.__version__, "from", yurt.__file__, "pytest", pytest.__version__)'
+	runuser -u '$(TEST_USER)' -- env -i HOME=/home/$(TEST_USER) $(TEST_ENV_COMMON) '$(VENV)/bin/python' -c \
+		'import sys, yurt, pytest; print(sys.executable, "yurt", yurt.__version__, "from", yurt.__file__, "pytest", pytest.__version__); sys.exit(not yurt.__file__.startswith(sys.prefix + "/"))'
+	runuser -u '$(TEST_USER)' -- env -i HOME=/home/$(TEST_USER) $(TEST_ENV_COMMON) '$(YURT)' --version
 
 test: test-setup
-	rootless=0 root=0
+	rootless=0 root=0 lint=0
+	echo "==> lint (ruff, lint-imports): the tests run after it either way"
+	( $(call run_lint) ) || lint=$$?
 	cd '$(STAGE)'
-	echo "==> [1/2] rootless tests as $(TEST_USER) in $(STAGE): pytest -m 'not root' tests"
+	echo "==> [1/2] rootless tests as $(TEST_USER) in $(STAGE): pytest -m 'not root' $(PYTEST_PATHS)"
 	runuser -u '$(TEST_USER)' -- env -i HOME=/home/$(TEST_USER) USER=$(TEST_USER) LOGNAME=$(TEST_USER) \
-		$(TEST_ENV_COMMON) '$(VENV)/bin/python' -m pytest -m 'not root' $(PYTEST_FLAGS) tests || rootless=$$?
-	echo "==> [2/2] root-only tests as root in $(STAGE): pytest -m root tests"
-	env -i HOME=/root USER=root LOGNAME=root $(TEST_ENV_COMMON) \
-		'$(VENV)/bin/python' -m pytest -m root $(PYTEST_FLAGS) tests || root=$$?
+		$(TEST_ENV_COMMON) $(TEST_ARTIFACTS) \
+		'$(VENV)/bin/python' -m pytest -m 'not root' $(PYTEST_FLAGS) $(PYTEST_PATHS) || rootless=$$?
+	echo "==> [2/2] root-only tests as root in $(STAGE): pytest -m root $(PYTEST_PATHS)"
+	env -i HOME=/root USER=root LOGNAME=root $(TEST_ENV_COMMON) $(TEST_ARTIFACTS) \
+		'$(VENV)/bin/python' -m pytest -m root $(PYTEST_FLAGS) $(PYTEST_PATHS) || root=$$?
 	if [ "$$root" = 5 ]; then echo "==> (no root-only tests collected)"; root=0; fi
-	echo "==> rootless pass: exit $$rootless; root pass: exit $$root"
-	[ "$$rootless" = 0 ] && [ "$$root" = 0 ]
+	echo "==> lint: exit $$lint; rootless pass: exit $$rootless; root pass: exit $$root"
+	[ "$$lint" = 0 ] && [ "$$rootless" = 0 ] && [ "$$root" = 0 ]
 
 else
 
+# Developers: the editable install of this tree (the wheel-only checks skip themselves).
 test-setup: deps
 	$(call install_yurt,$(CURDIR))
 
 test: test-setup
-	echo "==> pytest tests (root-only tests skip themselves)"
-	'$(VENV)/bin/python' -m pytest $(PYTEST_FLAGS) tests
+	lint=0
+	( $(call run_lint) ) || lint=$$?
+	echo "==> pytest tests against the editable install (root-only tests skip themselves)"
+	'$(VENV)/bin/python' -m pytest $(PYTEST_FLAGS) $(PYTEST_PATHS)
+	[ "$$lint" = 0 ] || { echo "error: lint failed (output above)" >&2; exit 1; }
 
 endif
 
 # ---------------------------------------------------------------- lint, bench, clean
 
 lint: install
-	echo "==> ruff check . bench/startup bench/pull"
-	'$(VENV)/bin/ruff' check . bench/startup bench/pull
+	$(call run_lint)
 
-bench: install
-	echo "==> bench/startup $(BENCH_ARGS)"
-	'$(VENV)/bin/python' bench/startup $(BENCH_ARGS)
+bench: install dist
+	echo "==> bench/startup --wheel $$(ls '$(DIST)'/yurt-*.whl) $(BENCH_ARGS)"
+	'$(VENV)/bin/python' bench/startup --wheel "$$(ls '$(DIST)'/yurt-*.whl)" $(BENCH_ARGS)
 
 clean:
 	echo "==> removing build products"
-	rm -rf demo.sif build dist .pytest_cache .ruff_cache *.egg-info
+	rm -rf demo.sif build dist .pytest_cache .ruff_cache .import_linter_cache *.egg-info .venv-build
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 ifeq ($(IS_ROOT),1)
 	rm -rf '$(STAGE_PARENT)'

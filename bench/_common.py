@@ -35,7 +35,8 @@ PROG = "bench"  # prefix of messages; each script sets its own name
 REPO = Path(__file__).resolve().parent.parent
 SYS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # distro first (peer-baselines #2)
 REGISTRY_BIN = "docker-registry"
-MIRROR = "http://deb.debian.org/debian"
+MIRROR_ENV = "YURT_BENCH_DEBIAN_MIRROR"  # --mirror's default; else the machine's apt sources (none built in)
+MIRROR_HELP = f"Debian mirror for debootstrap (default ${MIRROR_ENV}, else the one this machine's apt uses)"
 SUITE = "bookworm"
 REPOSITORY = "bench/debian"  # two components: udocker prepends library/ to single names (peer-baselines #18)
 TAG = "bookworm"
@@ -182,10 +183,30 @@ def check(result: Result, what: str) -> Result:
 # ---------------------------------------------------------------------- the image
 
 
-def make_rootfs(dest: Path, mirror: str) -> None:
+def default_mirror() -> str | None:
+    """``$YURT_BENCH_DEBIAN_MIRROR``, else the Debian mirror for ``SUITE`` in this machine's apt sources
+    (yurt/builder/aptsources.py, standard library only, loaded by its path: no yurt install is needed)."""
+    if os.environ.get(MIRROR_ENV, "").strip():
+        return os.environ[MIRROR_ENV].strip()
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_yurt_aptsources", REPO / "yurt" / "build" / "aptsources.py")
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found = module.debian_mirror(SUITE)
+    return found.uri if found else None
+
+
+def make_rootfs(dest: Path, mirror: str | None) -> None:
     """debootstrap --variant=minbase bookworm, then tidy it like the Docker Hub debian image."""
     if os.geteuid() != 0:
         sys.exit(f"{PROG}: debootstrap needs root; run as root once, or give --rootfs DIR (wanted {dest})")
+    mirror = mirror or default_mirror()
+    if not mirror:
+        sys.exit(f"{PROG}: no Debian mirror for debootstrap: give --mirror URL or set ${MIRROR_ENV} "
+                 f"(this machine's apt sources name none for {SUITE}), or give --rootfs DIR")
     debootstrap = which("debootstrap")
     if not debootstrap:
         sys.exit(f"{PROG}: debootstrap not installed (apt-get install debootstrap), or give --rootfs DIR")
@@ -443,7 +464,7 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
 # ---------------------------------------------------------------------- the image, served
 
 
-def prepare_image(workdir: Path, rootfs_arg: str | None, mirror: str, layers: int) -> dict:
+def prepare_image(workdir: Path, rootfs_arg: str | None, mirror: str | None, layers: int) -> dict:
     """The OCI layout of the Debian image (``--rootfs DIR`` or the cached debootstrap tree), packed
     once and cached under ``workdir`` by (rootfs, layers); returns its figures plus ``layout``."""
     if rootfs_arg:
@@ -528,7 +549,11 @@ def install_yurt(yurt_arg: str | None, python_arg: str | None, venv: Path) -> tu
         argv = shlex.split(yurt_arg)
         exe = shutil.which(argv[0]) or argv[0]
         argv[0] = exe
-        return argv, shebang_python(exe)
+        python = shebang_python(exe)
+        if python and is_editable(python):
+            raise Fail(f"--yurt {yurt_arg} runs an editable install of yurt: it would time import hooks and a "
+                       "source tree no user has; give a regular install, or leave --yurt out")
+        return argv, python
     python = python_arg or "/usr/bin/python3"
     print(f"{PROG}: installing yurt from {REPO} into {venv}", file=sys.stderr)
     subprocess.run([python, "-m", "venv", str(venv)], check=True, capture_output=True)
@@ -537,6 +562,16 @@ def install_yurt(yurt_arg: str | None, python_arg: str | None, venv: Path) -> tu
     if proc.returncode != 0:
         raise Fail(f"pip install of yurt into {venv} failed: {tail(proc.stderr, 2)}")
     return [str(venv / "bin" / "yurt")], str(venv / "bin" / "python")
+
+
+def is_editable(python: str) -> bool:
+    """Whether ``python`` imports yurt from an editable install (pip's ``direct_url.json`` says so)."""
+    code = ("import importlib.metadata as m, json; "
+            "print(json.loads(m.distribution('yurt').read_text('direct_url.json') or '{}')"
+            ".get('dir_info', {}).get('editable', False))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd="/", env=env, check=False)
+    return proc.stdout.strip() == "True"
 
 
 def shebang_python(exe: str) -> str | None:

@@ -24,14 +24,18 @@ The helpers below are plain functions, usable in ``skipif`` too::
     from conftest import userns_available  # tests/ is on sys.path under pytest
     @pytest.mark.skipif(not userns_available(), reason="no user namespaces")
 
-but prefer the markers above: they keep the skip reason uniform.
+but prefer the markers above: they keep the skip reason uniform.  ``from conftest import`` works
+in tests/integration and tests/unit only (under tests/e2e, ``conftest`` is that directory's own, and
+once e2e is collected the name is taken for everyone): what every test module may import lives in
+``tests/installed_yurt.py`` (``yurt_argv``, ``make_run_yurt``, ``REPO_ROOT``, ``MAKE_ROOTFS``).
 
 Fixtures:
 
 ``is_root``
     ``True`` when the tests run with euid 0.
 ``repo_root``
-    Path of the source tree the tests come from.
+    Path of the tree the tests come from (in CI a staged copy of ``tests/`` and ``scripts/``
+    without the ``yurt`` package: see "What the tests run" below).
 ``busybox_rootfs`` (session)
     Path of a busybox root filesystem directory built by ``scripts/make-busybox-rootfs``.
     Shared by the whole session: do not modify it; use ``busybox_rootfs_copy`` for a
@@ -43,12 +47,24 @@ Fixtures:
     build fails; skipped if mksquashfs is missing).
 ``yurt_cmd``
     ``run_yurt(*args, input=None, env=None, timeout=60, cwd=None, replace_env=False)``
-    runs ``python -m yurt ARGS`` with the interpreter running the tests and returns the
-    ``subprocess.CompletedProcess`` (text mode, stdout/stderr captured, never raises on a
-    non-zero exit). ``env`` is overlaid on the current environment (a value of ``None``
-    removes a variable); with ``replace_env=True`` it is used as the whole environment.
-    The source tree is put first on ``PYTHONPATH`` so the subprocess runs the same code
-    the tests import.
+    runs ``yurt ARGS`` (``installed_yurt.yurt_argv``) and returns the ``subprocess.CompletedProcess``
+    (text mode, stdout/stderr captured, never raises on a non-zero exit). ``env`` is overlaid
+    on the current environment (a value of ``None`` removes a variable); with
+    ``replace_env=True`` it is used as the whole environment.
+
+What the tests run
+    The ``yurt`` installed in the environment of the interpreter running pytest, exactly as
+    users get it: ``installed_yurt.yurt_argv()`` is that environment's ``yurt`` script (the wheel's
+    ``bin/yurt``), and the tests' own ``import yurt`` finds the same installation.  Nothing
+    puts a source tree on ``PYTHONPATH``.  In CI (``make test`` as root) that is the wheel
+    built from the tree, installed (not editable) into ``/opt/yurt-venv`` made from Debian's
+    ``/usr/bin/python3``, and the tests run from a staged copy that has no ``yurt/``
+    directory, so a test cannot import the source tree by accident
+    (``tests/integration/test_installed_artifact.py`` checks all of this; ``make test`` sets
+    ``YURT_TEST_WHEEL`` and ``YURT_TEST_SDIST`` to the artifacts it built).  A developer's
+    ``make install`` venv has an editable install instead: the same commands then run the
+    working tree.  Files of the package (data files, the session directory) are found through
+    the installed package (``yurt.__file__``), never through ``repo_root``.
 """
 
 from __future__ import annotations
@@ -57,14 +73,12 @@ import functools
 import os
 import shutil
 import subprocess
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from installed_yurt import MAKE_ROOTFS, REPO_ROOT, RunYurt, make_run_yurt, yurt_argv  # noqa: F401 - shared
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MAKE_ROOTFS = REPO_ROOT / "scripts" / "make-busybox-rootfs"
 BUSYBOX = Path("/bin/busybox")
 
 
@@ -219,45 +233,6 @@ def busybox_rootfs_copy(busybox_rootfs: Path, tmp_path: Path) -> Path:
     return dest
 
 
-RunYurt = Callable[..., subprocess.CompletedProcess]
-
-
-def _yurt_env(env: Mapping[str, str | None] | None, replace_env: bool) -> dict[str, str]:
-    base: dict[str, str] = {} if replace_env else dict(os.environ)
-    for key, value in (env or {}).items():
-        if value is None:
-            base.pop(key, None)
-        else:
-            base[key] = value
-    pythonpath = base.get("PYTHONPATH")
-    base["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + pythonpath if pythonpath else "")
-    return base
-
-
-def make_run_yurt(default_cwd: Path | None = None) -> RunYurt:
-    def run_yurt(
-        *args: str | os.PathLike[str],
-        input: str | None = None,
-        env: Mapping[str, str | None] | None = None,
-        timeout: float = 60,
-        cwd: str | os.PathLike[str] | None = None,
-        replace_env: bool = False,
-    ) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "yurt", *map(os.fspath, args)],
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            env=_yurt_env(env, replace_env),
-            timeout=timeout,
-            cwd=cwd if cwd is not None else default_cwd,
-            check=False,
-        )
-
-    return run_yurt
-
-
 @pytest.fixture
 def yurt_cmd(tmp_path: Path) -> RunYurt:
     return make_run_yurt(default_cwd=tmp_path)
@@ -283,7 +258,7 @@ class TestUser:
     def __init__(self, pw, repo: Path) -> None:
         self.pw = pw
         self.name = pw.pw_name
-        self.repo = repo
+        self.repo = repo  # the tests' tree (not the package: see "What the tests run")
 
     def yurt(
         self, *args: object, env: Mapping[str, str] | None = None, timeout: float = 300, prefix: list[str] | None = None
@@ -296,12 +271,9 @@ class TestUser:
             self.name,
             "--",
             "env",
-            f"PYTHONPATH={self.repo}",
             f"HOME={self.pw.pw_dir}",
             *extra,
-            sys.executable,
-            "-m",
-            "yurt",
+            *yurt_argv(),
             *map(str, args),
         ]
         return subprocess.run([*(prefix or []), *argv], capture_output=True, text=True, cwd="/", timeout=timeout)
@@ -309,7 +281,7 @@ class TestUser:
 
 @pytest.fixture
 def test_user(repo_root: Path) -> TestUser:
-    """``$YURT_TEST_USER`` (default yurttest), when it exists and can run yurt with this interpreter."""
+    """``$YURT_TEST_USER`` (default yurttest), when it exists and can run the yurt under test."""
     import pwd
 
     user = os.environ.get("YURT_TEST_USER", "yurttest")
@@ -317,11 +289,7 @@ def test_user(repo_root: Path) -> TestUser:
         pw = pwd.getpwnam(user)
     except KeyError:
         pytest.skip(f"the unprivileged test user {user} does not exist")
-    probe = subprocess.run(
-        ["runuser", "-u", user, "--", sys.executable, "-c", "import yurt"],
-        env=dict(os.environ, PYTHONPATH=str(repo_root)),
-        capture_output=True,
-    )
+    probe = subprocess.run(["runuser", "-u", user, "--", *yurt_argv(), "version"], capture_output=True, cwd="/")
     if probe.returncode != 0:
-        pytest.skip(f"{user} cannot run {sys.executable} with yurt (run from the staged tree)")
+        pytest.skip(f"{user} cannot run {' '.join(yurt_argv())} (a venv {user} can read: make test as root)")
     return TestUser(pw, repo_root)

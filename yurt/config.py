@@ -8,8 +8,10 @@ Two TOML files, read with :mod:`tomllib`:
 
 Both are optional.  ``yurt exec`` runs once per MPI rank, so when neither file exists loading
 costs two ``stat`` calls and :mod:`tomllib` (about 10 ms to import) is never imported; a file that
-keeps to plain ``key = value`` lines is read without it too (:func:`parse_simple`, about 1 ms), and
-a parsed file is kept for the life of the process.
+keeps to plain ``key = value`` lines is read without it too (:func:`yurt.configfile.parse_simple`,
+about 1 ms), and a parsed file is kept for the life of the process.  Reading a file is
+:mod:`yurt.configfile`, loaded only once a file exists; this module is the key table, the value
+checks, the precedence rules and the site's policy checks.
 
 Keys (all at the top level of the file; ``yurt config show`` prints the effective values and where
 each came from):
@@ -37,6 +39,11 @@ each came from):
     bootstrap of ``yurt build`` may talk to.  ``docker.io`` means Docker Hub;
     ``"docker.io/library"`` allows only its official images.  ``[]`` allows none.  Images from an
     allowed registry are run from the cache without the two image checks above.
+``helper_path`` (list of absolute directories, site file only; default ``["/usr/libexec/yurt",
+    "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]``)
+    Where yurt looks for the programs it runs itself (``squashfuse_ll``, ``unsquashfs``,
+    ``mksquashfs``, ``tar2sqfs``, ``newuidmap``...) while a site policy is in force; see "Site policy"
+    below.  Without a policy they come from ``PATH``.
 ``require_signed_images`` (boolean, site file only; default ``false``)
     yurt cannot sign or verify images yet, so ``true`` is rejected with an error instead of being
     silently ignored.
@@ -58,7 +65,8 @@ each came from):
 Precedence: built-in default < site file < user file < environment (``YURT_CONTAIN``,
 ``YURT_SQUASHFS_THREADS``, ``YURT_CACHEDIR``, ``YURT_LOCAL_CACHEDIR``) < command-line flags, except
 that the policy keys (``site_binds``, ``deny_binds``, ``allowed_image_paths``,
-``allowed_image_owners``, ``allowed_registries``, ``require_signed_images``) come only from the site
+``allowed_image_owners``, ``allowed_registries``, ``require_signed_images``, ``helper_path``) come only
+from the site
 file: a user file that sets one is an error (saying so), and no environment variable touches them.
 They are site-only rather than "may only narrow" because that rule is simple to audit.
 
@@ -72,9 +80,33 @@ namespace, where anyone can be uid 0.
 
 Unknown keys and values of the wrong type are errors naming the file, the key and its line.
 
+Site policy: a policy is *in force* when the site file that was read sets any of the site-only
+keys above (:attr:`Config.policy`).  Then yurt assumes the user may be hostile and trusts nothing the
+user can change between a check and its use:
+
+* programs yurt runs itself (:mod:`yurt.programs`) come only from ``helper_path``, each directory and
+  the program itself (symbolic links resolved) owned by root and not writable by group or others,
+  and they run without the user's ``LD_*`` variables; never from the user's ``PATH``;
+* an image named by path is opened once (:func:`yurt.image.source.open_image`); the owner and the
+  location rules are checked on that open file (``fstat``, and the path the kernel reports for it),
+  and only that descriptor is handed to the loop device, ``squashfuse`` and ``unsquashfs``; a
+  directory image is bound from the path the kernel reported and refused unless the bound tree is
+  the very directory that was checked (same device and inode);
+* an unpacked copy (``--unsquash``, or no usable FUSE) is not taken from the shared node-local cache,
+  which the user can write: it is unpacked for this run only, into a tmpfs inside the container's own
+  mount namespace (:class:`yurt.image.rootfs.ExtractedSquashfs`), and is gone when the container
+  ends.  A digest manifest would not help: yurt runs as the user, so any manifest it can write the
+  user can forge, and a tree checked at start-up stays writable by the user while it runs.
+
+Without a policy yurt behaves as before: ``PATH`` is searched, and ``--unsquash`` storms share one
+unpacked copy per node.  Per-user directories in shared places (``/tmp/yurt-<uid>``,
+``/var/tmp/yurt-<uid>``) are never trusted, policy or not (:mod:`yurt.store.userdir`).
+
 What the policy means: yurt runs with the user's own privileges (no setuid, no daemon), so these
-rules bind what yurt does, not what the user could do with other tools; they state the site's rules
-and stop mistakes, and file permissions remain the security boundary.
+rules bind what the installed yurt does, not what the user could do with other tools (their own copy
+of yurt, a preloaded library, ``unshare``); they state the site's rules, make sure no file, link,
+cache or ``PATH`` entry the user controls can steer yurt around them, and file permissions remain the
+security boundary.
 """
 
 from __future__ import annotations
@@ -115,6 +147,9 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("allowed_registries", "registries", SITE_ONLY, None, None,
         "registries pull, push, exec docker:// and build may use"),
     Key("require_signed_images", "bool", SITE_ONLY, False, None, "not supported yet: true is an error"),
+    Key("helper_path", "paths", SITE_ONLY, ("/usr/libexec/yurt", "/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
+                                             "/usr/bin", "/sbin", "/bin"), None,
+        "under a site policy, programs yurt runs come only from these root-owned directories"),
     Key("contain", "bool", DEFAULT, False, "YURT_CONTAIN", "run as if --contain were given"),
     Key("squashfs_threads", "count", CEILING, 0, "YURT_SQUASHFS_THREADS",
         "most threads mksquashfs/tar2sqfs may use (0: no limit)"),
@@ -130,7 +165,7 @@ _FALSE = ("0", "false", "no", "off", "")
 class Config:
     """The effective settings: one attribute per key, and ``sources[key]`` saying where it came from."""
 
-    __slots__ = (*KEYS, "sources", "site_file", "user_file", "notes")
+    __slots__ = (*KEYS, "sources", "site_file", "user_file", "notes", "policy")
 
     site_binds: tuple[str, ...]
     deny_binds: tuple[str, ...]
@@ -138,6 +173,7 @@ class Config:
     allowed_image_owners: tuple[str | int, ...] | None
     allowed_registries: tuple[str, ...] | None
     require_signed_images: bool
+    helper_path: tuple[str, ...]
     contain: bool
     squashfs_threads: int
     cache_dir: str
@@ -148,6 +184,7 @@ class Config:
         self.site_file: str | None = None  # the site file read, if any
         self.user_file: str | None = None
         self.notes: list[str] = []  # things `config show` should mention (an ignored override)
+        self.policy = False  # the site file read sets a site-only key: assume a hostile user (module docstring)
 
     def as_dict(self) -> dict[str, object]:
         return {name: _plain(getattr(self, name)) for name in KEYS}
@@ -173,12 +210,26 @@ class Config:
             raise PolicyError(f"{what} {path} is not allowed: the site denies binding {denied}",
                               f"deny_binds in {self.site_file or SITE_CONFIG}")
 
-    def check_image(self, path: str) -> None:
-        """Refuse an image named by path that lies outside ``allowed_image_paths`` or has the wrong owner."""
+    def check_image(self, path: str, fd: int | None = None) -> None:
+        """Refuse an image named by path that lies outside ``allowed_image_paths`` or has the wrong owner.
+
+        With ``fd`` (the image as :func:`yurt.image.source.open_image` opened it) both rules are checked
+        on that open file: its owner from ``fstat``, its location from ``/proc/self/fd`` (where the kernel
+        says the file it opened lives), so swapping a symbolic link after the open changes nothing.
+        """
         if self.allowed_image_paths is None and self.allowed_image_owners is None:
             return
         where = self.site_file or SITE_CONFIG
-        real = os.path.realpath(path)
+        if fd is not None:
+            try:
+                st = os.fstat(fd)
+                real = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError as e:
+                raise ImageError(f"cannot check image {path}: {e.strerror}")
+            if st.st_nlink == 0 or not real.startswith("/"):
+                raise ImageError(f"image {path} was removed while it was being opened", "try again")
+        else:
+            real = os.path.realpath(path)
         if self.allowed_image_paths is not None:
             prefixes = [p for entry in self.allowed_image_paths for p in (entry, os.path.realpath(entry))]
             if not any(_beneath(real, p) for p in prefixes):
@@ -187,7 +238,7 @@ class Config:
                                   f"allowed_image_paths in {where}")
         if self.allowed_image_owners is not None:
             try:
-                uid = os.stat(real).st_uid
+                uid = os.fstat(fd).st_uid if fd is not None else os.stat(real).st_uid
             except OSError as e:
                 raise ImageError(f"cannot check the owner of image {path}: {e.strerror}")
             uids = {_owner_uid(o, where) for o in self.allowed_image_owners}
@@ -225,6 +276,23 @@ def _site_file_may_exist() -> bool:
     except OSError:
         return True
     return True
+
+
+SITE_CONFDIR = "/etc/yurt"
+
+
+def sysconf_path(name: str, env: dict[str, str]) -> str:
+    """``/etc/yurt/NAME``; ``$YURT_SYSCONFDIR/NAME`` only while the real one does not exist.
+
+    The site's other files (``hooks.d``, ``nvliblist.conf``...).  Tests and machines without a
+    site configuration can point yurt elsewhere, but a user cannot hide the site's own hooks or
+    lists this way.
+    """
+    real = os.path.join(SITE_CONFDIR, name)
+    alt = env.get("YURT_SYSCONFDIR")
+    if alt and not os.path.exists(real):
+        return os.path.join(alt, name)
+    return real
 
 
 def user_path(environ: dict[str, str] | os._Environ | None = None) -> str:
@@ -289,6 +357,7 @@ def load(environ: dict[str, str] | os._Environ | None = None) -> Config:
         if key.kind == "dir" and source == "default":
             value = _expand(str(value), env, "built-in default", name)
         _set(cfg, name, value, source)
+    cfg.policy = bool(site_values) and any(KEYS[name].scope == SITE_ONLY for name in site_values)
     if cfg.require_signed_images:
         raise ConfigError(f"{site}: require_signed_images = true cannot be honoured: yurt cannot sign or verify "
                           "images yet", "remove the setting or set it to false until signing exists")
@@ -312,89 +381,19 @@ def _read(path: str, which: str, env) -> dict[str, object] | None:
     cached = _parsed.get(key)
     if cached is not None:
         return cached
+    from yurt import configfile  # only once a file exists: without one, yurt exec never loads it
+
     if which == "site" and path == SITE_CONFIG:
-        _check_trusted(path)
-    from yurt.readfile import MIB, read_file
-
-    try:
-        data = read_file(path, f"the {which} config", MIB, ConfigError)
-    except ConfigError as e:
-        if which == "site":
-            e.hint = "the site file must be readable by every user"
-        raise
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text (byte {e.start})")
-    doc = parse_simple(text)
-    if doc is None:
-        import tomllib
-
-        try:
-            doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}")
+        configfile.check_trusted(path)
+    text, doc = configfile.read_document(path, which)
     values = _validate(doc, path, text, which, env)
     _parsed[key] = values
     return values
 
 
-# A strict subset of TOML that every file of this flat format is likely to use: ``key = value``
-# lines, where a value is a boolean, a decimal integer, a string without escapes, or a one-line
-# array of those strings and integers; blank lines and comments.  For that subset the meaning is
-# plain, so :func:`parse_simple` reads it without importing tomllib (about 10 ms, paid by every MPI
-# rank otherwise); any other line, or a repeated key, sends the whole file to tomllib.
-_STR = r'"[^"\\\x00-\x1f\x7f]*"' + r"|'[^'\x00-\x1f\x7f]*'"
-_ITEM = rf"(?:{_STR}|0|-?[1-9][0-9]*)"
-_VALUE = rf"{_ITEM}|true|false|\[[ \t]*(?:{_ITEM}[ \t]*(?:,[ \t]*{_ITEM}[ \t]*)*,?[ \t]*)?\]"
-_COMMENT = r"(?:#[^\x00-\x08\x0a-\x1f\x7f]*)?"
-_LINE = rf"[ \t]*(?:([A-Za-z0-9_-]+)[ \t]*=[ \t]*({_VALUE})[ \t]*)?{_COMMENT}"
-_compiled: list = []
-
-
-def parse_simple(text: str) -> dict[str, object] | None:
-    """The document, when ``text`` keeps to the simple subset above; None otherwise (use tomllib)."""
-    import re
-
-    if not _compiled:
-        _compiled.extend((re.compile(_LINE), re.compile(_ITEM)))
-    line_re, item_re = _compiled
-    doc: dict[str, object] = {}
-    for line in text.split("\n"):
-        m = line_re.fullmatch(line[:-1] if line.endswith("\r") else line)
-        if m is None:
-            return None
-        key, raw = m.groups()
-        if key is None:
-            continue
-        if key in doc:
-            return None  # tomllib names the error
-        if raw.startswith("["):
-            doc[key] = [_scalar(item) for item in item_re.findall(raw)]
-        else:
-            doc[key] = _scalar(raw)
-    return doc
-
-
-def _scalar(raw: str) -> object:
-    if raw[0] in "\"'":
-        return raw[1:-1]
-    if raw in ("true", "false"):
-        return raw == "true"
-    return int(raw)
-
-
-def _check_trusted(path: str) -> None:
-    """Site policy the user could edit would be no policy: refuse a user-writable site file."""
-    if os.getuid() == 0:
-        return
-    for p in (path, os.path.dirname(path)):
-        if os.access(p, os.W_OK):
-            raise ConfigError(f"{p} is writable by you, so it cannot hold site policy",
-                              "the administrator must make it writable by root only")
-
-
 def _validate(doc: dict, path: str, text: str, which: str, env) -> dict[str, object]:
+    from yurt.configfile import where as _where
+
     out: dict[str, object] = {}
     for name, raw in doc.items():
         key = KEYS.get(name)
@@ -409,17 +408,6 @@ def _validate(doc: dict, path: str, text: str, which: str, env) -> dict[str, obj
         except ValueError as e:
             raise ConfigError(f"{_where(path, text, name)}{name}: {e}")
     return out
-
-
-def _where(path: str, text: str, name: str) -> str:
-    import re
-
-    esc = re.escape(name)
-    pattern = rf"^[ \t]*(?:{esc}|\"{esc}\"|'{esc}')[ \t]*=|^[ \t]*\[+[ \t]*{esc}[ \t]*[\].]"
-    m = re.search(pattern, text, re.MULTILINE)
-    if m is None:
-        return f"{path}: "
-    return f"{path}: line {text.count(chr(10), 0, m.start()) + 1}: "
 
 
 def _from_env(key: Key, raw: str, env) -> object:

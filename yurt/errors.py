@@ -50,6 +50,18 @@ class BuildError(YurtError):
     """An image build failed."""
 
 
+class Interrupted(YurtError):
+    """Ctrl-C (SIGINT) or SIGTERM stopped the command after it cleaned up.
+
+    The exit status is the shell's for death by that signal (130, 143), as for any
+    interrupted command; not a BuildError, which steps catch and report as their own failure.
+    """
+
+    def __init__(self, message: str, signum: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 class ConfigError(YurtError):
     """A configuration file (``/etc/yurt/yurt.toml``, ``~/.config/yurt/config.toml``) is unreadable or wrong."""
 

@@ -75,6 +75,11 @@ class Process(Record):
     fallback_cwd: str | None
 
 
+# The OCI hook stages, in the order a container meets them (the keys of ``ContainerSpec.hooks``).  Here rather
+# than in yurt.runtime.hooks because the hook readers (oci-hooks files, CDI specs) and the runner all need them.
+HOOK_STAGES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
+
+
 class Hook(Record):
     """One OCI hook (``config.json`` ``hooks.<stage>[]``): run ``path`` with ``args``, exactly ``env``.
 
@@ -156,15 +161,19 @@ class YurtExtras(Record):
     (``--env``, ``YURTENV_*``).  ``writable_tmpfs_size_mb`` > 0 asks for a
     tmpfs upper layer; ``overlays`` are ``--overlay`` directories.
     ``allow_no_limits``: resource limits that cannot be applied are a warning, not an error.
+    ``container_checks``: functions the launcher calls inside the container, in the new root, right
+    before the payload's ``execve`` (e.g. ``--mpi=host``'s ABI check from :mod:`yurt.hpc.mpi`); a
+    check raises a YurtError to stop the container.  They are made by whoever planned the container,
+    while the host's modules are reachable: after ``pivot_root`` nothing can be imported.
     """
 
     __slots__ = ("env_scripts", "inject_env", "env_script_text", "writable_tmpfs", "session_size_mb",
                  "overlays", "init", "fakeroot_multi", "fake_ownership", "app", "debug",
-                 "allow_no_limits", "run_as")
+                 "allow_no_limits", "run_as", "container_checks")
     _defaults = {"env_scripts": False, "inject_env": dict, "env_script_text": "", "writable_tmpfs": False,
                  "session_size_mb": 64, "overlays": list, "init": True, "fakeroot_multi": False,
                  "fake_ownership": False, "app": None, "debug": False,
-                 "allow_no_limits": False, "run_as": None}
+                 "allow_no_limits": False, "run_as": None, "container_checks": list}
     env_scripts: bool
     inject_env: dict[str, str]
     env_script_text: str
@@ -178,6 +187,7 @@ class YurtExtras(Record):
     debug: bool
     allow_no_limits: bool
     run_as: list[int] | None  # [uid, gid, *groups] to switch to just before exec (build steps as USER)
+    container_checks: list  # of Callable[[], None]: run in the new root before the payload
 
 
 class ContainerSpec(Record):
@@ -195,7 +205,7 @@ class ContainerSpec(Record):
     root_readonly: bool
     annotations: dict[str, str]
     extras: YurtExtras
-    hooks: dict[str, list[Hook]]  # OCI stage name -> hooks, in order (yurt.runtime.hooks.STAGES)
+    hooks: dict[str, list[Hook]]  # OCI stage name (HOOK_STAGES) -> hooks, in order
     resources: Resources | None  # cgroup limits (linux.resources)
 
     def has(self, namespace: str) -> bool:

@@ -58,7 +58,15 @@ _ARCH = os.uname().machine
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "riscv64": 41}.get(_ARCH)
 _SYS_SETNS = {"x86_64": 308, "aarch64": 268, "ppc64le": 350, "riscv64": 268}.get(_ARCH)
 # New-style calls share one number on every architecture.
+_SYS_OPENAT2 = 437
 _SYS_MOUNT_SETATTR = 442
+
+# openat2 resolve flags (linux/openat2.h)
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
 
 
 def _check(ret: int, what: str, target: str = "") -> int:
@@ -97,6 +105,22 @@ def pivot_root(new_root: str, put_old: str) -> None:
     if _SYS_PIVOT_ROOT is None:
         raise OSError(38, f"pivot_root: unsupported architecture {_ARCH}")
     _check(_libc.syscall(_SYS_PIVOT_ROOT, _b(new_root), _b(put_old)), "pivot_root", new_root)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """``openat2(2)`` (Linux >= 5.6): ``open`` relative to ``dirfd`` with ``RESOLVE_*`` limits.
+
+    Raises OSError; ENOSYS (old kernel) or EPERM (a seccomp filter that does not know the
+    call) tell the caller to fall back to a component-by-component walk.
+    """
+    how = _OpenHow(flags, mode, resolve)
+    ret = _libc.syscall(_SYS_OPENAT2, ctypes.c_int(dirfd), _b(path), ctypes.byref(how),
+                        ctypes.c_size_t(ctypes.sizeof(how)))
+    return _check(ret, "openat2", path)
 
 
 class _MountAttr(ctypes.Structure):

@@ -527,17 +527,24 @@ def skopeo_inspect(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., di
     return inspect
 
 
-DEBIAN_MIRROR = os.environ.get("YURT_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-
-
 @pytest.fixture(scope="session")
 def debian_mirror() -> str:
-    """The Debian mirror the tests use (``$YURT_TEST_DEBIAN_MIRROR``)."""
-    return DEBIAN_MIRROR
+    """The Debian mirror the tests debootstrap bookworm from: ``$YURT_TEST_DEBIAN_MIRROR``, else the
+    one this machine's apt uses (``/etc/apt/sources.list*``); no mirror host is built in (sites and CI
+    machines have their own)."""
+    mirror = os.environ.get("YURT_TEST_DEBIAN_MIRROR", "").strip()
+    if mirror:
+        return mirror
+    from yurt.builder.aptsources import debian_mirror as from_apt
+
+    found = from_apt("bookworm")
+    if found is None:
+        pytest.skip("no Debian mirror: set YURT_TEST_DEBIAN_MIRROR (apt's sources name none for bookworm)")
+    return found.uri
 
 
 @pytest.fixture(scope="session")
-def debian_rootfs() -> Path:
+def debian_rootfs(request) -> Path:
     """A Debian bookworm minbase tree by debootstrap (root only), cached across runs on one machine
     under ``/var/tmp/yurt-ci/debian-bookworm`` (``$YURT_TEST_DEBIAN_ROOTFS``).  It holds device
     nodes: copy it with ``cp -a``, never ``shutil.copytree`` (which would read /dev/full forever)."""
@@ -545,13 +552,14 @@ def debian_rootfs() -> Path:
         pytest.skip("debootstrap is not installed")
     final = Path(os.environ.get("YURT_TEST_DEBIAN_ROOTFS", "/var/tmp/yurt-ci/debian-bookworm"))
     if not (final / "etc" / "os-release").exists():
+        mirror = request.getfixturevalue("debian_mirror")  # only when the tree must be made
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="debian-", dir=final.parent))
-        r = subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(tmp), DEBIAN_MIRROR],
+        r = subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(tmp), mirror],
                            capture_output=True, text=True, timeout=900)
         if r.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
-            pytest.fail(f"debootstrap from {DEBIAN_MIRROR} failed: {r.stderr.strip().splitlines()[-1:]}")
+            pytest.fail(f"debootstrap from {mirror} failed: {r.stderr.strip().splitlines()[-1:]}")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     return final

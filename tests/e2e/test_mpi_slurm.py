@@ -20,11 +20,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+from installed_yurt import yurt_argv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root, pytest.mark.requires("mpirun", "mpicc")]
 
@@ -67,7 +67,7 @@ def _run(argv: list[str], timeout: float = 900, **kw) -> subprocess.CompletedPro
 
 
 @pytest.fixture(scope="session")
-def mpi_images(debian_rootfs: Path, repo_root: Path) -> MPIImages:
+def mpi_images(debian_rootfs: Path) -> MPIImages:
     """Build (or reuse) the two images; the key covers the program, the recipes and the base tree."""
     key = hashlib.sha256(SOURCE.read_bytes() + OMPI_DEF.encode() + NOMPI_DEF.encode()
                          + (debian_rootfs / "etc" / "os-release").read_bytes()).hexdigest()[:16]
@@ -79,12 +79,10 @@ def mpi_images(debian_rootfs: Path, repo_root: Path) -> MPIImages:
     try:
         prog = work / "mpiprog"
         _run(["mpicc", "-O2", "-o", str(prog), str(SOURCE)])
-        env = dict(os.environ, PYTHONPATH=str(repo_root))
         for name, recipe in (("ompi", OMPI_DEF), ("nompi", NOMPI_DEF)):
             deffile = work / f"{name}.def"
             deffile.write_text(recipe.format(base=debian_rootfs, prog=prog))
-            _run([sys.executable, "-m", "yurt", "build", str(work / f"{name}.sif"), str(deffile)], env=env,
-                 cwd=str(work))
+            _run([*yurt_argv(), "build", str(work / f"{name}.sif"), str(deffile)], cwd=str(work))
         for p in work.iterdir():
             p.chmod(0o755 if p.name == "mpiprog" else 0o644)
         work.chmod(0o755)
@@ -106,11 +104,11 @@ def user_dir(test_user) -> Path:
 
 
 def _yurt(test_user) -> list[str]:
-    return [sys.executable, "-m", "yurt"]
+    return yurt_argv()
 
 
 def _user_env(test_user) -> dict[str, str]:
-    return {"PYTHONPATH": str(test_user.repo), "HOME": test_user.pw.pw_dir, "USER": test_user.name,
+    return {"HOME": test_user.pw.pw_dir, "USER": test_user.name,
             "LOGNAME": test_user.name, "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8"}
 
 

@@ -10,10 +10,10 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from installed_yurt import yurt_argv
 
 pytestmark = [pytest.mark.e2e]
 
@@ -82,17 +82,16 @@ def test_exec_docker_reference_pulls_once(yurt_cmd, pushed_busybox, cache_env):
     assert _sif_count(Path(cache_env["YURT_CACHEDIR"])) == 1
 
 
-def test_concurrent_first_pulls_convert_once(pushed_busybox, cache_env, repo_root):
+def test_concurrent_first_pulls_convert_once(pushed_busybox, cache_env):
     """All ranks of a job asking for the same image at once: one download, one conversion, all succeed."""
     env = {
         **os.environ,
         **cache_env,
-        "PYTHONPATH": str(repo_root),
         "YURT_INSECURE_REGISTRIES": pushed_busybox.split("/")[0],
     }
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "yurt", "-q", "exec", f"docker://{pushed_busybox}", "echo", str(i)],
+            [*yurt_argv(), "-q", "exec", f"docker://{pushed_busybox}", "echo", str(i)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

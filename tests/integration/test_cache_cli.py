@@ -1,4 +1,4 @@
-"""``yurt cache list`` / ``yurt cache clean`` as a user runs them (``python -m yurt`` in a subprocess)."""
+"""``yurt cache list`` / ``yurt cache clean`` as a user runs them (the installed ``yurt`` command in a subprocess)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 import os
 import pty
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from installed_yurt import yurt_argv
 
 from yurt.store.cache import Store
 
@@ -119,8 +119,7 @@ def test_clean_asks_on_a_terminal(tmp_path, env, filled, answer, removed):
         os.write(master, answer.encode() + b"\n")
         full_env = {k: v for k, v in os.environ.items() if k not in env}
         full_env.update({k: v for k, v in env.items() if v is not None})
-        full_env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-        result = subprocess.run([sys.executable, "-m", "yurt", "cache", "clean", "--type", "sif"], stdin=slave,
+        result = subprocess.run([*yurt_argv(), "cache", "clean", "--type", "sif"], stdin=slave,
                                 capture_output=True, text=True, env=full_env, timeout=60, check=False)
     finally:
         os.close(master)

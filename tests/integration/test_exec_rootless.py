@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from installed_yurt import yurt_argv
 
 pytestmark = [pytest.mark.userns]
 
@@ -45,23 +45,18 @@ def test_user_appears_in_passwd_with_home(yurt_cmd, busybox_rootfs):
     assert os.path.expanduser("~") in out
 
 
-def _shell_status(repo_root, *args) -> int:
+def _shell_status(*args) -> int:
     """The status a shell script sees (``$?``): 128+N for death by signal N."""
-    cmd = " ".join([sys.executable, "-m", "yurt", *[f"'{a}'" for a in args]])
-    out = subprocess.run(
-        ["/bin/sh", "-c", f"{cmd}; echo $?"],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(repo_root)),
-    )
+    cmd = " ".join([*yurt_argv(), *[f"'{a}'" for a in args]])
+    out = subprocess.run(["/bin/sh", "-c", f"{cmd}; echo $?"], capture_output=True, text=True)
     return int(out.stdout.split()[-1])
 
 
-def test_exit_status_and_signal_death(yurt_cmd, busybox_rootfs, repo_root):
+def test_exit_status_and_signal_death(yurt_cmd, busybox_rootfs):
     assert yurt_cmd("exec", busybox_rootfs, "sh", "-c", "exit 42").returncode == 42
     # Without --pid yurt *is* the payload, so the caller sees the signal death itself.
     assert yurt_cmd("exec", busybox_rootfs, "sh", "-c", "kill -TERM $$").returncode == -signal.SIGTERM
-    assert _shell_status(repo_root, "exec", busybox_rootfs, "sh", "-c", "kill -TERM $$") == 128 + signal.SIGTERM
+    assert _shell_status("exec", busybox_rootfs, "sh", "-c", "kill -TERM $$") == 128 + signal.SIGTERM
     # Under a PID namespace the supervisor reports it as an exit status of 128+N.
     assert yurt_cmd("exec", "--pid", busybox_rootfs, "sh", "-c", "kill -KILL $$").returncode == 128 + 9
 
@@ -76,17 +71,14 @@ def test_stdin_stdout_stderr_are_the_payloads(yurt_cmd, busybox_rootfs):
     assert r.stdout == "from-stdin\n" and r.returncode == 3
 
 
-def _popen_yurt(repo_root, *args) -> subprocess.Popen:
+def _popen_yurt(*args) -> subprocess.Popen:
     """yurt running in the background, its stdout a pipe, to signal it while it runs."""
-    env = dict(os.environ, PYTHONPATH=str(repo_root))
-    cmd = [sys.executable, "-m", "yurt", *map(str, args)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen([*yurt_argv(), *map(str, args)], stdout=subprocess.PIPE, text=True)
 
 
-def test_payload_is_exec_not_child(busybox_rootfs, repo_root):
+def test_payload_is_exec_not_child(busybox_rootfs):
     """Without --pid, yurt replaces itself with the payload: same PID, signals go straight in."""
     proc = _popen_yurt(
-        repo_root,
         "exec",
         str(busybox_rootfs),
         "sh",
@@ -101,9 +93,8 @@ def test_payload_is_exec_not_child(busybox_rootfs, repo_root):
     assert proc.stdout.read() == "TERM\n"
 
 
-def test_signals_forwarded_through_pid_namespace(busybox_rootfs, repo_root):
+def test_signals_forwarded_through_pid_namespace(busybox_rootfs):
     proc = _popen_yurt(
-        repo_root,
         "exec",
         "--pid",
         str(busybox_rootfs),
@@ -483,9 +474,9 @@ def test_sif_runs_via_squashfuse_and_helper_exits(yurt_cmd, busybox_sif):
 
 
 @pytest.mark.fuse
-def test_sif_helper_cleaned_up_when_payload_killed(busybox_sif, repo_root):
+def test_sif_helper_cleaned_up_when_payload_killed(busybox_sif):
     before = _squashfuse_pids()
-    proc = _popen_yurt(repo_root, "exec", busybox_sif, "sh", "-c", "echo up; sleep 60")
+    proc = _popen_yurt("exec", busybox_sif, "sh", "-c", "echo up; sleep 60")
     assert proc.stdout is not None and proc.stdout.readline() == "up\n"
     proc.kill()
     proc.wait(timeout=10)
@@ -503,10 +494,10 @@ def test_unsquash_fallback_uses_local_cache(yurt_cmd, busybox_sif, tmp_path):
     assert len(entries) == 1 and not entries[0].name.endswith(".tmp")
 
 
-def test_unsquash_storm_unpacks_once_per_node(busybox_sif, tmp_path, repo_root):
+def test_unsquash_storm_unpacks_once_per_node(busybox_sif, tmp_path):
     """Ranks starting together on a node: one unpacks, the others wait for it and reuse it."""
-    env = {**os.environ, "YURT_LOCAL_CACHEDIR": str(tmp_path / "cache"), "PYTHONPATH": str(repo_root)}
-    procs = [subprocess.Popen([sys.executable, "-m", "yurt", "exec", "--unsquash", str(busybox_sif), "echo", "ok"],
+    env = {**os.environ, "YURT_LOCAL_CACHEDIR": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([*yurt_argv(), "exec", "--unsquash", str(busybox_sif), "echo", "ok"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
     results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
     assert [r[0] for r in results] == ["ok\n"] * 6, results

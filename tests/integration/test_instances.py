@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from installed_yurt import yurt_argv
 
 pytestmark = [pytest.mark.userns]
 
@@ -133,10 +134,10 @@ def test_start_join_stop(yurt, instance_sif):
     assert [p for p in os.listdir(yurt.rundir / "instances") if not p.endswith(".lock")] == []
 
 
-def test_instance_survives_the_shell_that_started_it(yurt, instance_sif, repo_root, tmp_path):
+def test_instance_survives_the_shell_that_started_it(yurt, instance_sif, tmp_path):
     """Started from a shell in its own session that is then killed, with its whole process group."""
-    env = dict(os.environ, YURT_RUNTIMEDIR=str(yurt.rundir), PYTHONPATH=str(repo_root))
-    script = f"{sys.executable} -m yurt instance start {instance_sif} bg >/dev/null 2>&1; kill -9 0"
+    env = dict(os.environ, YURT_RUNTIMEDIR=str(yurt.rundir))
+    script = f"{shlex.join(yurt_argv())} instance start {instance_sif} bg >/dev/null 2>&1; kill -9 0"
     shell = subprocess.Popen(["setsid", "sh", "-c", script], env=env, cwd=tmp_path)
     shell.wait(timeout=120)
     assert shell.returncode == -signal.SIGKILL

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 
 import pytest
+from installed_yurt import yurt_argv
 
 pytestmark = [pytest.mark.root]
 
@@ -42,9 +42,9 @@ def test_root_instance_on_a_loop_device_is_released_on_stop(yurt_cmd, busybox_si
 
 
 @pytest.mark.requires("losetup")
-def test_root_sharens_uses_one_mount_namespace_and_one_loop_device(busybox_sif, tmp_path, repo_root):
-    env = dict(os.environ, YURT_RUNTIMEDIR=str(tmp_path / "run"), PYTHONPATH=str(repo_root))
-    cmd = [sys.executable, "-m", "yurt", "exec", "--sharens", "--sharens-tag", "root-step", busybox_sif, "sh", "-c",
+def test_root_sharens_uses_one_mount_namespace_and_one_loop_device(busybox_sif, tmp_path):
+    env = dict(os.environ, YURT_RUNTIMEDIR=str(tmp_path / "run"))
+    cmd = [*yurt_argv(), "exec", "--sharens", "--sharens-tag", "root-step", busybox_sif, "sh", "-c",
            "readlink /proc/self/ns/mnt; sleep 1"]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(4)]

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from cprogs import add_programs
+from installed_yurt import yurt_argv
 
 pytestmark = [pytest.mark.userns]
 
@@ -37,7 +37,7 @@ def rundir(tmp_path: Path) -> Path:
 
 
 def _env(rundir: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ, YURT_RUNTIMEDIR=str(rundir), PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    env = dict(os.environ, YURT_RUNTIMEDIR=str(rundir))
     for k in NO_JOB_ENV:
         env.pop(k, None)
     env.update(extra)
@@ -45,7 +45,7 @@ def _env(rundir: Path, **extra: str) -> dict[str, str]:
 
 
 def _start(env: dict[str, str], *args: object) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "yurt", *map(str, args)], stdin=subprocess.DEVNULL,
+    return subprocess.Popen([*yurt_argv(), *map(str, args)], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

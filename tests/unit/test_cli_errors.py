@@ -178,7 +178,7 @@ def test_registry_usage(cli, monkeypatch, argv, message):
 def test_registry_login_empty_password_on_stdin(cli, monkeypatch):
     monkeypatch.setattr("sys.stdin", open(os.devnull))
     status, _, err = cli("registry", "login", "-u", "me", "--password-stdin", "127.0.0.1:9")
-    assert "a user name and a password are needed" in one_error(status, err)
+    assert "--password-stdin: standard input is empty" in one_error(status, err)
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -197,7 +197,7 @@ def test_instance_and_cache_values(cli, argv, message):
 def test_convert_latin1_names_the_byte(cli, tmp_path):
     (tmp_path / "latin1.def").write_bytes(b"Bootstrap: scratch\n%labels\n  Caf\xe9\n")
     status, _, err = cli("convert", "latin1.def")
-    assert "latin1.def is not UTF-8 text (byte 0xe9 on line 3)" in one_error(status, err)
+    assert "latin1.def:3: not UTF-8 text (byte 0xe9)" in one_error(status, err)
 
 
 def test_convert_fifo_does_not_hang(cli, tmp_path):
@@ -216,9 +216,9 @@ def test_read_file_bounds(tmp_path):
     big = tmp_path / "big"
     with open(big, "wb") as f:
         f.truncate(1 << 40)  # sparse
-    with pytest.raises(UsageError, match="too large"):
+    with pytest.raises(UsageError, match="larger than 1048576 bytes"):
         read_file(str(big), "the file", 1 << 20)
-    with pytest.raises(ImageError, match="too large"):
+    with pytest.raises(ImageError, match="larger than 65536 bytes"):
         read_file("/dev/zero", "the file", 1 << 16, ImageError)
     with pytest.raises(UsageError, match="it is a directory"):
         read_file(str(tmp_path), "the file", 100)
@@ -233,7 +233,21 @@ def test_read_file_bounds(tmp_path):
     os.close(r)
 
 
-def test_text_names_the_bad_byte():
+def test_read_file_nofollow(tmp_path):
+    """``nofollow``: for files yurt looks for itself (apt's sources): no symlink, regular files only."""
+    (tmp_path / "real").write_bytes(b"x")
+    os.symlink("real", tmp_path / "link")
+    assert read_file(str(tmp_path / "link"), "", 10) == b"x"
+    with pytest.raises(UsageError, match="cannot read"):
+        read_file(str(tmp_path / "link"), "", 10, nofollow=True)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(UsageError, match="not a regular file"):
+        read_file(str(tmp_path / "fifo"), "", 10, nofollow=True)
+
+
+def test_text_names_the_line_and_the_bad_byte():
     assert text(b"\xef\xbb\xbfok", "f", "the file") == "ok"
-    with pytest.raises(UsageError, match=r"the file f is not UTF-8 text \(byte 0xff on line 2\)"):
+    with pytest.raises(UsageError, match=r"^the file f:2: not UTF-8 text \(byte 0xff\)"):
         text(b"a\n\xff", "f", "the file")
+    with pytest.raises(UsageError, match=r"^f:3: contains a NUL byte"):
+        text(b"a\n\nb\x00", "f", "")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
-import sys
 
-from yurt.build import convert, deffile, dockerfile
+from installed_yurt import yurt_argv
+
+from yurt.builder import convert, deffile, dockerfile
+from yurt.builder.dockerfile_config import image_config
+from yurt.builder.dockerfile_convert import to_deffile
 
 DEF = """Bootstrap: docker
 From: debian:bookworm
@@ -41,7 +45,7 @@ def test_def_to_dockerfile_parses_and_keeps_meaning():
     assert stages[0].base == "debian:bookworm" and stages[0].name == "build"
     cmds = [i.cmd for i in stages[0].instructions]
     assert cmds == ["COPY", "ENV", "ENV", "RUN", "LABEL", "ENTRYPOINT"]
-    config = dockerfile.image_config(stages[0])
+    config = image_config(stages[0])
     assert "GREETING=hi there" in config["Env"]
     assert "PATH=/opt/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in config["Env"]
     assert config["Entrypoint"][:2] == ["/bin/sh", "-c"] and "exec /opt/hello" in config["Entrypoint"][2]
@@ -60,22 +64,22 @@ def test_def_to_dockerfile_parses_and_keeps_meaning():
 def test_dockerfile_to_def_round_trip(tmp_path):
     (tmp_path / "app.py").write_text("print(1)\n")
     df = "FROM python:3.11 AS base\nENV A=1\nCOPY app.py /app/\nRUN pip install x\nCMD [\"python\", \"/app/app.py\"]\n"
-    text, _ = dockerfile.to_deffile(dockerfile.parse(df), context_dir=str(tmp_path))
+    text, _ = to_deffile(dockerfile.parse(df), context_dir=str(tmp_path))
     d = deffile.parse(text)[0]
     assert d.bootstrap == "docker" and d.source == "python:3.11"
     assert ("app.py", "/app/app.py") in d.files
     assert "pip install x" in d.post
 
 
-def test_convert_cli_both_ways(tmp_path, repo_root):
+def test_convert_cli_both_ways(tmp_path):
     src = tmp_path / "x.def"
     src.write_text(DEF)
-    env = {"PYTHONPATH": str(repo_root)}
-    r = subprocess.run([sys.executable, "-m", "yurt", "convert", "-o", str(tmp_path / "Dockerfile"), str(src)],
+    env = {"PATH": os.environ.get("PATH", "")}
+    r = subprocess.run([*yurt_argv(), "convert", "-o", str(tmp_path / "Dockerfile"), str(src)],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert "yurt: warning:" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "yurt", "convert", str(tmp_path / "Dockerfile")],
+    r = subprocess.run([*yurt_argv(), "convert", str(tmp_path / "Dockerfile")],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     back = deffile.parse(r.stdout)[0]

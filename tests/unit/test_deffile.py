@@ -9,8 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from yurt.build import deffile
-from yurt.build.deffile import Definition, Section, parse, to_text, validate
+from yurt.builder import deffile_model
+from yurt.builder.deffile import parse, validate
+from yurt.builder.deffile_model import Definition, Section, to_text
 from yurt.errors import BuildError
 
 CORPUS = Path(__file__).parent / "corpus" / "deffiles"
@@ -90,7 +91,7 @@ def test_debootstrap_with_header_comment_and_continued_include():
     d = one(load("debootstrap_bookworm.def"))
     assert d.bootstrap == "debootstrap"  # written "BootStrap"
     assert d.header["osversion"] == "bookworm"
-    assert d.header["mirrorurl"] == "http://deb.debian.org/debian/"
+    assert d.header["mirrorurl"] == "http://mirror.example/debian/"
     assert d.header["include"] == "ca-certificates,curl,less"
     assert d.source is None
     assert d.line == 2  # the comment line comes first
@@ -258,7 +259,7 @@ def test_header_keys_are_case_insensitive_values_kept():
 
 def test_header_continuations():
     d = one(
-        "Bootstrap: debootstrap\nOSVersion: \\\n  jammy\nMirrorURL: http://archive.ubuntu.com/ubuntu/\n"
+        "Bootstrap: debootstrap\nOSVersion: \\\n  jammy\nMirrorURL: http://mirror.example/ubuntu/\n"
         "Include: a,\\\n    b,\\\n    c\n%post\n"
     )
     assert d.header["osversion"] == "jammy"
@@ -283,7 +284,7 @@ def test_repeated_header_key_warns_last_wins():
 
 
 def test_all_valid_header_keys_accepted():
-    keys = [k for k in deffile.HEADER_KEYS if k not in ("bootstrap", "from")]
+    keys = [k for k in deffile_model.HEADER_KEYS if k not in ("bootstrap", "from")]
     d = one("Bootstrap: docker\nFrom: x\n" + "".join(f"{k}: v\n" for k in keys))
     assert list(d.header) == ["bootstrap", "from", *keys]
 
@@ -362,7 +363,7 @@ ERRORS = [
     ("Bootstrap: docker\nFrom:\n%post\n", 2, "Bootstrap: docker needs a From: header"),
     ("# a comment\n\nBootstrap: oras\nStage: x\n", 3, "Bootstrap: oras needs a From: header"),
     ("Bootstrap: debootstrap\nOSVersion: bookworm\n", 1, "needs a MirrorURL: header"),
-    ("Bootstrap: debootstrap\nMirrorURL: http://deb.debian.org/debian\n", 1, "needs a OSVersion: header"),
+    ("Bootstrap: debootstrap\nMirrorURL: http://mirror.example/debian\n", 1, "needs a OSVersion: header"),
     ("From: ubuntu\n%post\necho\n", 1, "missing Bootstrap: header"),
     ("", 1, "missing Bootstrap: header (the definition file is empty)"),
     ("# only\n# comments\n", 1, "missing Bootstrap: header (the definition file is empty)"),
@@ -424,7 +425,7 @@ FRAGMENTS = [
     "Stage: final",
     "Stage:",
     "OSVersion: bookworm",
-    "MirrorURL: http://deb.debian.org/debian",
+    "MirrorURL: http://mirror.example/debian",
     "Include: a,\\",
     "  b,\\",
     "Include: x\\n\\",
@@ -583,3 +584,30 @@ def test_fuzz_round_trip(text):
 def test_fuzz_random_unicode(text):
     check_parse(text)
     check_parse("Bootstrap: docker\nFrom: x\n" + text)
+
+
+# -- reading recipe files: hostile bytes are one BuildError with the line ------------------------
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"Bootstrap: scratch\n%post\n  echo \xff\n", r":3: not UTF-8 text \(byte 0xff\)"),
+    (b"Bootstrap: scratch\n%labels\n  A\x00 b\n", r":3: contains a NUL byte"),
+])
+def test_read_recipe_refuses_binary_recipes(tmp_path, data, message):
+    from yurt.builder.executor import read_recipe
+
+    path = tmp_path / "x.def"
+    path.write_bytes(data)
+    with pytest.raises(BuildError, match="the definition file " + re.escape(str(path)) + message):
+        read_recipe(str(path), None, None, False)
+
+
+def test_recipes_are_refused_when_oversized_instead_of_truncated(tmp_path):
+    from yurt.builder.executor import RECIPE_LIMIT
+    from yurt.readfile import read_text
+
+    path = tmp_path / "Dockerfile"
+    path.write_bytes(b"FROM scratch\n" + b"#" * RECIPE_LIMIT)
+    with pytest.raises(BuildError, match=f"the Dockerfile {re.escape(str(path))} is larger than {RECIPE_LIMIT} bytes"):
+        read_text(str(path), "the Dockerfile", RECIPE_LIMIT, BuildError)
+    assert read_text(str(path), "x", RECIPE_LIMIT + 20, BuildError).startswith("FROM scratch\n")

@@ -9,19 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from yurt.build import dockerfile
-from yurt.build.dockerfile import (
-    DEFAULT_PATH,
-    Instruction,
-    Matcher,
-    Stage,
-    copy_sources,
-    image_config,
-    load_dockerignore,
-    parse,
-    parse_dockerignore,
-    to_deffile,
-)
+from yurt.builder import dockerfile, dockerfile_args, dockerfile_config, dockerfile_context, dockerfile_convert
+from yurt.builder import dockerfile_lexer as lexer
+from yurt.builder.dockerfile import DEFAULT_PATH, Instruction, Stage, parse
+from yurt.builder.dockerfile_config import image_config
+from yurt.builder.dockerfile_context import Matcher, copy_sources, load_dockerignore, parse_dockerignore
+from yurt.builder.dockerfile_convert import to_deffile
 from yurt.errors import BuildError
 
 CORPUS = Path(__file__).parent / "corpus" / "dockerfiles"
@@ -152,7 +145,7 @@ def test_corpus_node_app_stages_from_stages():
 
 def test_corpus_go_static_platform_args():
     build, final = corpus("go-static.Dockerfile", build_args=ARM)
-    assert build.platform == dockerfile._host_platform()
+    assert build.platform == dockerfile_args._host_platform()
     assert find(build, "ARG", 0).build_args == {"TARGETOS": "linux"}
     assert find(build, "RUN", 1).build_args == {"TARGETOS": "linux", "TARGETARCH": "arm64"}
     assert find(build, "COPY", 1).words == ["*.go", "./"]
@@ -310,6 +303,12 @@ def test_exec_or_shell_form(args, json_form):
     assert config["Cmd"] == (json_form if json_form is not None else ["/bin/sh", "-c", args.strip()])
 
 
+@pytest.mark.parametrize("cmd", ["CMD", "ENTRYPOINT", "RUN", "SHELL"])
+def test_nul_in_exec_form_is_a_line_error(cmd):
+    with pytest.raises(BuildError, match=r":2: .*NUL character"):
+        only(f'FROM a\n{cmd} ["/bin/echo", "a\\u0000b"]\n')
+
+
 def test_shell_instruction_changes_shell_form():
     stage = only('FROM a\nCMD one\nSHELL ["/bin/bash", "-eo", "pipefail", "-c"]\nENTRYPOINT two\n')
     config = image_config(stage)
@@ -380,7 +379,7 @@ def test_automatic_platform_args():
         "FROM --platform=${TARGETPLATFORM} c\n",
         build_args={"TARGETPLATFORM": "linux/arm/v7"},
     )
-    assert stages[0].platform == dockerfile._host_platform()
+    assert stages[0].platform == dockerfile_args._host_platform()
     assert stages[1].platform == "linux/arm/v7"
     assert find(stages[0], "LABEL").pairs == [("t", "arm"), ("b", "undeclared")]
 
@@ -438,7 +437,7 @@ def test_base_env_callback_is_used_for_substitution():
 )
 def test_substitution(template, expected):
     env = {"A": "a", "B": "b c", "EMPTY": "", "PATHLIKE": "/usr/local/bin:/usr/bin"}
-    assert dockerfile._word(template, "\\", env) == expected
+    assert lexer._word(template, "\\", env) == expected
 
 
 @pytest.mark.parametrize(
@@ -456,8 +455,8 @@ def test_substitution(template, expected):
     ],
 )
 def test_substitution_errors(template, message):
-    with pytest.raises(dockerfile._Fail, match=message.replace("$", r"\$")):
-        dockerfile._word(template, "\\", {"A": "a", "EMPTY": ""})
+    with pytest.raises(lexer._Fail, match=message.replace("$", r"\$")):
+        lexer._word(template, "\\", {"A": "a", "EMPTY": ""})
 
 
 def test_substitution_errors_carry_the_location():
@@ -635,7 +634,7 @@ def test_labels_volumes_user_stopsignal_healthcheck():
      ("10us", 10_000), ("10µs", 10_000), ("7ns", 7), ("1h2m3s4ms", 3723004 * 10**6), (".5s", 5 * 10**8)],
 )  # fmt: skip
 def test_go_durations(text, ns):
-    assert dockerfile._go_duration(text) == ns
+    assert dockerfile_args._go_duration(text) == ns
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -991,24 +990,29 @@ def test_fuzz_dockerignore_raises_only_build_errors(lines, path):
 @given(st.text(alphabet="$ {}:-+?#%/ab\\'\"", max_size=30))
 def test_fuzz_substitution(template):
     try:
-        dockerfile._word(template, "\\", {"a": "x y", "b": ""})
-    except dockerfile._Fail:
+        lexer._word(template, "\\", {"a": "x y", "b": ""})
+    except lexer._Fail:
         pass
 
 
-def test_module_is_standard_library_only():
-    source = Path(dockerfile.__file__).read_text()
-    imports = {line.split()[1].split(".")[0] for line in source.splitlines() if line.startswith(("import ", "from "))}
+@pytest.mark.parametrize("module", [dockerfile, lexer, dockerfile_args, dockerfile_config, dockerfile_context,
+                                    dockerfile_convert], ids=lambda m: m.__name__.rsplit(".", 1)[1])
+def test_module_is_standard_library_only(module):
+    source = Path(module.__file__).read_text()
+    lines = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
+    imports = {line.split()[1].split(".")[0] for line in lines}
     assert imports <= {"__future__", "copy", "json", "os", "platform", "posixpath", "re", "shlex", "collections",
                        "yurt"}  # fmt: skip
-    assert os.path.basename(dockerfile.__file__) == "dockerfile.py"
+    ours = {line.split()[1] for line in lines if line.split()[1].startswith("yurt")}
+    assert all(name in ("yurt.errors", "yurt.record") or name.startswith("yurt.builder.dockerfile") for name in ours)
+    assert os.path.basename(module.__file__) == module.__name__.rsplit(".", 1)[1] + ".py"
 
 
 def test_to_deffile_quotes_paths_with_blanks_and_parses_back(tmp_path):
-    from yurt.build import deffile
+    from yurt.builder import deffile
 
     (tmp_path / "my file.txt").write_text("x")
     stages = dockerfile.parse('FROM debian\nCOPY ["my file.txt", "/opt/my dir/"]\n')
-    text, _ = dockerfile.to_deffile(stages, context_dir=str(tmp_path))
+    text, _ = to_deffile(stages, context_dir=str(tmp_path))
     defs = deffile.parse(text)
     assert defs[0].files == [("my file.txt", "/opt/my dir/my file.txt")]

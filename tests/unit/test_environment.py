@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 
 import pytest
@@ -214,6 +215,36 @@ def test_env_file_bad_line(tmp_path, bad):
     with pytest.raises(UsageError) as e:
         parse_env_file(path)
     assert f"{path}:3" in str(e.value)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"OK=1\nA=\xff\xfe\n", ":2: not UTF-8 text (byte 0xff)"),
+    (b"OK=1\nB=2\nA=x\x00y\n", ":3: contains a NUL byte"),
+])
+def test_env_file_binary_content_is_one_usage_error(tmp_path, data, message):
+    path = tmp_path / "env"
+    path.write_bytes(data)
+    with pytest.raises(UsageError) as e:
+        parse_env_file(str(path))
+    assert e.value.message == f"--env-file {path}{message}"
+
+
+def test_env_file_too_large(tmp_path):
+    path = tmp_path / "env"
+    with open(path, "wb") as f:
+        f.truncate(100 << 20)
+    with pytest.raises(UsageError, match="is larger than 4194304 bytes"):
+        parse_env_file(str(path))
+
+
+def test_env_file_from_a_pipe(tmp_path):
+    r, w = os.pipe()
+    os.write(w, b"P=piped\n")
+    os.close(w)
+    try:
+        assert parse_env_file(f"/proc/self/fd/{r}") == {"P": "piped"}
+    finally:
+        os.close(r)
 
 
 def test_env_file_missing(tmp_path):

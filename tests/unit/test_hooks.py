@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from yurt.cli.actions import INTEGRATIONS  # the built-in hooks of the layers above the runtime (yurt-mpi.json)
 from yurt.errors import UsageError
 from yurt.runtime import hookrun, hooks
 from yurt.spec import ContainerSpec, Hook, Mount, Process
@@ -70,7 +71,7 @@ def test_collect_order_and_masking(tmp_path):
     (user / "10-User.json").write_text("{}")
     (extra / "yurt-infiniband.json").write_text("{}")
     (extra / "notes.txt").write_text("")
-    got = hooks.collect(str(site), [str(user), str(extra)])
+    got = hooks.collect(str(site), [str(user), str(extra)], {**hooks.BUILTINS, **INTEGRATIONS})
     assert got == [
         ("10-User.json", str(user / "10-User.json")),
         ("20-site.json", str(site / "20-site.json")),
@@ -127,16 +128,18 @@ def test_builtin_mpi_runs_for_ranks_and_a_site_file_replaces_it(tmp_path, monkey
     calls = []
     monkeypatch.setattr(mpi, "plan_edits", lambda spec, env, host=False: calls.append(host))
     env = {"HOME": str(tmp_path), "YURT_SYSCONFDIR": str(tmp_path / "nosite"), "YURT_DRIVER_ROOT": str(tmp_path)}
-    spec = hooks.integrate(new_spec(), mpi="hybrid", env=env)
+    spec = hooks.integrate(new_spec(), mpi="hybrid", env=env, integrations=INTEGRATIONS)
     assert calls == [False] and spec.annotations["yurt.mpi"] == "hybrid"
-    hooks.integrate(new_spec(), env=env)
+    hooks.integrate(new_spec(), env=env, integrations=INTEGRATIONS)
     assert calls == [False]  # not a rank: nothing
+    hooks.integrate(new_spec(), mpi="hybrid", env=env)
+    assert calls == [False]  # the runtime alone knows no MPI: the command line hands yurt-mpi.json in
     d = tmp_path / "hooks"
     d.mkdir()
     site_hook = dict(definition(annotations={r"^yurt\.mpi$": "^host$"}), hook={"path": "/usr/bin/site-mpi-hook"},
                      stages=["createContainer"])
     (d / "yurt-mpi.json").write_text(json.dumps(site_hook))
-    spec = hooks.integrate(new_spec(), mpi="host", hooks_dirs=[str(d)], env=env)
+    spec = hooks.integrate(new_spec(), mpi="host", hooks_dirs=[str(d)], env=env, integrations=INTEGRATIONS)
     assert calls == [False] and [h.path for h in spec.hooks["createContainer"]] == ["/usr/bin/site-mpi-hook"]
 
 

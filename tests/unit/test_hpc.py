@@ -113,6 +113,25 @@ def test_hybrid_edits_for_ranks(tmp_path):
     assert spec.process.env == {} and spec.mounts == []
 
 
+def test_mpi_host_arranges_the_in_container_abi_check(tmp_path, monkeypatch):
+    """--mpi=host leaves the launcher a check (YurtExtras.container_checks) that refuses an image of another ABI."""
+    from yurt.errors import RuntimeSetupError
+    from yurt.runtime.gpu import ld_cache
+
+    real = dict(reversed(ld_cache("/"))).get("libmpi.so.40")
+    if real is None:
+        pytest.skip("no host Open MPI library (libopenmpi3)")
+    spec = _spec()
+    mpi.plan_edits(spec, {"YURT_MPI_LIBRARY": real}, host=True)
+    assert mpi.ANNOTATION in spec.annotations and len(spec.extras.container_checks) == 1
+    check = spec.extras.container_checks[0]
+    check()  # run here, "/" is the host itself: the same library, nothing to refuse
+    monkeypatch.setattr(mpi, "image_library", lambda root: mpi.identify("/usr/lib/libmpi.so.12", ["libmpi.so.12"],
+                                                                       read_version=False))
+    with pytest.raises(RuntimeSetupError, match="--mpi=host"):
+        check()
+
+
 def test_srun_front_end_splits_options():
     from yurt.cli.actions import FLAGS
 

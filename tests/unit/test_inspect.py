@@ -12,7 +12,8 @@ import pytest
 from yurt.errors import ImageError
 from yurt.image.inspect import NO_HELP, format_inspect, inspect_image, run_help
 from yurt.image.pack import build_sif
-from yurt.image.sif import DataType, SifObject, write_sif
+from yurt.image.sif import DataType
+from yurt.image.sif_write import SifObject, write_sif
 from yurt.image.squashfs import mksquashfs
 
 needs_squashfs = pytest.mark.skipif(
@@ -96,7 +97,9 @@ def test_sandbox_symlinks_to_host_files_are_not_followed(tmp_path):
     info = inspect_image(tree)
     assert info["runscript"] is None and info["environment"] == {} and info["labels"] == {}
     assert "TOP SECRET" not in json.dumps(info)
-    assert any("symlink" in w for w in info["warnings"])
+    assert any("/.singularity.d/runscript is a symbolic link" in w for w in info["warnings"])
+    assert any("/.singularity.d/env is a symbolic link" in w for w in info["warnings"])
+    assert any("/.singularity.d/labels.json is a FIFO" in w for w in info["warnings"])
 
 
 def test_sandbox_bad_labels_become_warnings(tmp_path):
@@ -106,6 +109,50 @@ def test_sandbox_bad_labels_become_warnings(tmp_path):
     info = inspect_image(tree)
     assert info["labels"] == {} and info["warnings"]
     assert run_help(tree) == NO_HELP
+
+
+@pytest.mark.parametrize("labels", [b"[1, 2]", b"[" * 100000 + b"]" * 100000, b"\xff\xfe", b'"text"',
+                                    b'{"a": ' + b"[" * 100000 + b"]" * 100000 + b"}"])
+def test_sandbox_hostile_labels_are_one_warning(tmp_path, labels):
+    tree = tmp_path / "sandbox"
+    make_image_tree(tree)
+    (tree / ".singularity.d" / "labels.json").write_bytes(labels)
+    info = inspect_image(tree)
+    assert info["labels"] == {} and len(info["warnings"]) == 1
+    assert info["warnings"][0].startswith("labels.json: ") and "labels ignored" in info["warnings"][0]
+    assert format_inspect(info, json_output=False, sections=set()).count("Warning:") == 1
+    assert info["runscript"] == "#!/bin/sh\nexec echo in-image\n"  # the rest is still read
+
+
+def test_sandbox_oversized_and_special_metadata_are_warnings(tmp_path):
+    tree = tmp_path / "sandbox"
+    make_image_tree(tree)
+    meta = tree / ".singularity.d"
+    with open(meta / "runscript.help", "wb") as f:
+        f.truncate(100 << 20)
+    os.unlink(meta / "Singularity")
+    (meta / "Singularity").mkdir()
+    os.mkfifo(meta / "env" / "50-fifo.sh")
+    info = inspect_image(tree)
+    assert info["helpfile"] is None and info["deffile"] is None
+    assert set(info["environment"]) == {"/.singularity.d/env/01-base.sh", "/.singularity.d/env/90-environment.sh"}
+    assert sorted(w.split(" is ")[0] for w in info["warnings"]) == [
+        "/.singularity.d/Singularity", "/.singularity.d/env/50-fifo.sh", "/.singularity.d/runscript.help"]
+
+
+def test_sif_metadata_attributes_of_the_wrong_type_are_warnings(tmp_path):
+    sif = tmp_path / "meta.sif"
+    attrs = {"labels": ["a"], "environment": {"x": 1}, "runscript": 5, "deffile": "Bootstrap: x\n",
+             "helpfile": {"a": "b"}}
+    write_sif(sif, [SifObject(DataType.GENERIC_JSON, json.dumps({"data": {"attributes": attrs}}).encode(),
+                              name="inspect-metadata.json")], created_at=0)
+    info = inspect_image(sif)
+    assert info["labels"] == {} and info["environment"] == {} and info["runscript"] is None
+    assert info["helpfile"] is None and info["deffile"] == "Bootstrap: x\n"
+    assert len(info["warnings"]) == 4, info["warnings"]
+    for text in (format_inspect(info, json_output=False, sections=set()),
+                 format_inspect(info, json_output=True, sections={"labels", "runscript", "helpfile"})):
+        assert text
 
 
 def test_sif_without_partition_and_hostile_metadata(tmp_path):

@@ -10,7 +10,7 @@ from yurt.errors import RuntimeSetupError, UsageError
 from yurt.runtime import instances, join
 
 
-def test_state_dir_is_private_and_checked(tmp_path, monkeypatch):
+def test_state_dir_is_private_and_checked(tmp_path, monkeypatch, capsys):
     base = tmp_path / "rt"
     monkeypatch.setenv("YURT_RUNTIMEDIR", str(base))
     d = join.state_dir("sharens")
@@ -19,10 +19,21 @@ def test_state_dir_is_private_and_checked(tmp_path, monkeypatch):
     base.chmod(0o755)
     join.state_dir()
     assert (base.stat().st_mode & 0o777) == 0o700  # repaired
+    assert capsys.readouterr().err == ""
+    # a symbolic link (as another user could plant at /tmp/yurt-<uid>) is never followed: a private
+    # sibling is used instead, with one notice, and found again by the next call
     link = tmp_path / "link"
     link.symlink_to(base)
     monkeypatch.setenv("YURT_RUNTIMEDIR", str(link))
-    with pytest.raises(RuntimeSetupError, match="not a directory owned by you"):
+    got = join.state_dir()
+    assert os.path.dirname(got) == str(tmp_path) and os.path.basename(got).startswith("link-")
+    assert not os.path.islink(got) and (os.lstat(got).st_mode & 0o777) == 0o700
+    assert join.state_dir("sharens") == os.path.join(got, "sharens")
+    err = capsys.readouterr().err
+    assert err.count("yurt: notice:") == 1 and "symbolic link" in err and got in err
+    # a missing parent is an error that says what to do
+    monkeypatch.setenv("YURT_RUNTIMEDIR", str(tmp_path / "no" / "such"))
+    with pytest.raises(RuntimeSetupError, match="YURT_RUNTIMEDIR"):
         join.state_dir()
 
 

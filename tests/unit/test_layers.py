@@ -1,4 +1,5 @@
-"""Flattening OCI layers into one tar stream and one squashfs (yurt.image.layers)."""
+"""Flattening OCI layers into one tar stream and one squashfs (yurt.image.layers and the modules under it:
+layer_blob, tar_reader, layer_paths; tar2sqfs on top)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ from pathlib import Path
 import pytest
 
 from yurt.errors import ImageError
+from yurt.image import layer_blob, tar2sqfs, tar_reader
 from yurt.image import layers as L
-from yurt.image.layers import Layer, layers_to_sif, merged_entries, tar_to_squashfs, write_merged_tar
+from yurt.image.layer_blob import Layer
+from yurt.image.layers import merged_entries, write_merged_tar
+from yurt.image.tar2sqfs import layers_to_sif, tar_to_squashfs
 
 needs_tar2sqfs = pytest.mark.skipif(
     shutil.which("tar2sqfs") is None or shutil.which("unsquashfs") is None,
@@ -213,8 +217,7 @@ def test_missing_zstd_program(tmp_path, monkeypatch):
     raw = tar_bytes([f("a")])
     path = tmp_path / "fake.zst"
     path.write_bytes(b"\x28\xb5\x2f\xfd" + raw)
-    real_which = shutil.which
-    monkeypatch.setattr(L.shutil, "which", lambda name: None if name == "zstd" else real_which(name))
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no zstd (nor anything else) to be found
     with pytest.raises(ImageError, match="zstd program is not installed"):
         merged([Layer(str(path), TAR + "+zstd", "sha256:z")])
 
@@ -392,8 +395,8 @@ def test_reader_agrees_with_tarfile(tmp_path):
     raw = tar_bytes(entries)
     layer = make_layer(tmp_path, raw, compression="gzip")
     ours = []
-    budget = L._Budget(1 << 30)
-    for entry, data in L._iter_layer(layer, budget):
+    budget = layer_blob._Budget(1 << 30)
+    for entry, data in tar_reader._iter_layer(layer, budget):
         content = read_pieces(data) if data is not None else None
         ours.append((entry.name.rstrip("/"), entry.type, entry.mode, entry.uid, entry.gid, entry.mtime,
                      entry.linkname, entry.devmajor, entry.devminor, content))
@@ -407,15 +410,16 @@ def test_reader_agrees_with_tarfile(tmp_path):
 
 
 def test_header_writer_round_trip():
+    T = tar_reader
     cases = [
-        L._Entry("a" * 100, L.REGTYPE, 0o4755, 1, 2, 10, 5, "", "root", "root", 0, 0, None),
-        L._Entry("x/" * 60 + "y", L.DIRTYPE, 0o755, 0, 0, 0, 0, "", "", "", 0, 0, None),  # prefix split
-        L._Entry("z" * 300, L.SYMTYPE, 0o777, 0, 0, 0, 0, "t" * 150, "", "", 0, 0, None),  # pax
-        L._Entry("dev", L.CHRTYPE, 0o666, 0, 0, 0, 0, "", "", "", 4, 64, None),
-        L._Entry("big", L.REGTYPE, 0o644, 1 << 22, 1 << 22, 0, L._MAX_MTIME, "", "", "", 0, 0, None),
+        T._Entry("a" * 100, T.REGTYPE, 0o4755, 1, 2, 10, 5, "", "root", "root", 0, 0, None),
+        T._Entry("x/" * 60 + "y", T.DIRTYPE, 0o755, 0, 0, 0, 0, "", "", "", 0, 0, None),  # prefix split
+        T._Entry("z" * 300, T.SYMTYPE, 0o777, 0, 0, 0, 0, "t" * 150, "", "", 0, 0, None),  # pax
+        T._Entry("dev", T.CHRTYPE, 0o666, 0, 0, 0, 0, "", "", "", 4, 64, None),
+        T._Entry("big", T.REGTYPE, 0o644, 1 << 22, 1 << 22, 0, L._MAX_MTIME, "", "", "", 0, 0, None),
     ]
     for e in cases:
-        raw = L._header(e) + bytes(-e.size % 512 if e.type == L.REGTYPE else 0) + b"\0" * e.size + bytes(1024)
+        raw = L._header(e) + bytes(-e.size % 512 if e.type == T.REGTYPE else 0) + b"\0" * e.size + bytes(1024)
         ti = next(iter(tarfile.open(fileobj=io.BytesIO(raw))))
         assert (ti.name, ti.type, ti.mode, ti.uid, ti.gid, ti.mtime, ti.linkname, ti.devmajor, ti.devminor) == (
             e.name, e.type, e.mode, e.uid, e.gid, e.mtime, e.linkname, e.devmajor, e.devminor)
@@ -476,7 +480,7 @@ def test_decompression_bomb(tmp_path, monkeypatch):
 
 
 def test_too_many_members(tmp_path, monkeypatch):
-    monkeypatch.setattr(L, "MAX_MEMBERS", 5)
+    monkeypatch.setattr(layer_blob, "MAX_MEMBERS", 5)
     layer = make_layer(tmp_path, [f(f"f{i}") for i in range(6)])
     with pytest.raises(ImageError, match="more than 5 tar members"):
         merged([layer])
@@ -621,8 +625,8 @@ def test_compression_options_are_checked(tmp_path):
         tar_to_squashfs([layer], tmp_path / "x", compression="zstd", level=40)
     with pytest.raises(ImageError, match="has no level"):
         tar_to_squashfs([layer], tmp_path / "x", compression="lz4", level=3)
-    assert L._compressor_args("zstd", None) == ["-c", "zstd", "-X", "level=3"]
-    assert L._compressor_args("lz4", None) == ["-c", "lz4"]
+    assert tar2sqfs._compressor_args("zstd", None) == ["-c", "zstd", "-X", "level=3"]
+    assert tar2sqfs._compressor_args("lz4", None) == ["-c", "lz4"]
 
 
 @needs_tar2sqfs

@@ -1,4 +1,5 @@
-"""Reading local OCI sources: image layouts, oci-archive and docker-archive (yurt.image.oci_local)."""
+"""Reading local OCI sources: image layouts, oci-archive and docker-archive (yurt.image.oci_local and the readers
+under it: oci_layout, docker_archive, oci_blobs)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,12 @@ import tarfile
 import pytest
 
 from yurt.errors import ImageError
-from yurt.image import oci_local as O
-from yurt.image.layers import Layer, write_merged_tar
-from yurt.image.oci_local import (
-    LocalImage,
-    open_local,
-    parse_source,
-    read_docker_archive,
-    read_oci_archive,
-    read_oci_layout,
-)
+from yurt.image import oci_layout as O
+from yurt.image.docker_archive import read_docker_archive
+from yurt.image.layer_blob import Layer
+from yurt.image.layers import write_merged_tar
+from yurt.image.oci_layout import LocalImage, read_oci_archive, read_oci_layout
+from yurt.image.oci_local import open_local, parse_source
 
 needs_tar2sqfs = pytest.mark.skipif(shutil.which("tar2sqfs") is None or shutil.which("unsquashfs") is None,
                                     reason="tar2sqfs or unsquashfs not installed")
@@ -418,8 +415,8 @@ def test_open_local(tmp_path, layout):
 
 @needs_tar2sqfs
 def test_layout_to_sif(tmp_path, layout):
-    from yurt.image.layers import layers_to_sif
     from yurt.image.sif import DataType, SifFile
+    from yurt.image.tar2sqfs import layers_to_sif
 
     manifest = layout.image([{"etc/os-release": b"ID=test\n"}, {"bin/tool": b"#!/bin/sh\n"}])
     layout.tag(manifest, "v1")

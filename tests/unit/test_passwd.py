@@ -91,6 +91,12 @@ def test_huge_passwd_capped():
 IMAGE_GROUP = b"root:x:0:\nusers:x:100:bob\nalice:x:1000:\n"
 
 
+def test_group_ids_that_only_look_like_digits():
+    """"\u00b2".isdigit() is true but int() refuses it: such a line is kept, not a crash."""
+    image = "odd:x:\u00b2:\nalice:x:1000:\n".encode()
+    assert gr(image) == ["odd:x:\u00b2:", "alice:x:1000:alice"]
+
+
 def test_no_image_group():
     assert gr(None) == ["alice:x:1000:alice"]
 

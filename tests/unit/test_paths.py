@@ -1,13 +1,12 @@
-"""resolve_in_root / open_in_root: container paths never leave the container root."""
+"""resolve_in_root: container paths never leave the container root."""
 
 from __future__ import annotations
 
 import os
-import stat
 
 import pytest
 
-from yurt.runtime.paths import MAX_SYMLINKS, EscapeError, host_path, open_in_root, resolve_in_root, split
+from yurt.runtime.paths import MAX_SYMLINKS, EscapeError, host_path, resolve_in_root, split
 
 
 @pytest.fixture
@@ -198,35 +197,3 @@ def test_host_path(root):
     assert host_path(str(root), "/") == str(root)
     assert host_path(str(root), "/etc/passwd") == os.path.join(str(root), "etc", "passwd")
 
-
-def test_open_in_root_regular(root):
-    fd = open_in_root(str(root), "/etc/passwd")
-    try:
-        assert os.readlink(f"/proc/self/fd/{fd}") == str(root / "etc" / "passwd")
-        assert stat.S_ISREG(os.fstat(fd).st_mode)
-    finally:
-        os.close(fd)
-
-
-def test_open_in_root_follows_symlink_inside_root(root, tmp_path):
-    os.symlink("/../../etc", root / "conf")
-    fd = open_in_root(str(root), "/conf")
-    try:
-        assert os.readlink(f"/proc/self/fd/{fd}") == str(root / "etc")
-        assert stat.S_ISDIR(os.fstat(fd).st_mode)
-    finally:
-        os.close(fd)
-
-
-def test_open_in_root_missing(root, tmp_path):
-    os.symlink(str(tmp_path / "outside" / "secret"), root / "evil")
-    with pytest.raises(FileNotFoundError):
-        open_in_root(str(root), "/evil")
-    with pytest.raises(FileNotFoundError):
-        open_in_root(str(root), "/does/not/exist")
-
-
-def test_open_in_root_loop(root):
-    os.symlink("loop", root / "loop")
-    with pytest.raises(EscapeError):
-        open_in_root(str(root), "/loop")

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from yurt.errors import UsageError
+from yurt.errors import ImageError, UsageError
 from yurt.image.source import Image
 from yurt.runtime import plan as plan_mod
 from yurt.runtime.environment import DEFAULT_PATH
@@ -535,3 +535,44 @@ def test_binds_cwd(cwd, bound):
     from yurt.runtime.plan import binds_cwd
 
     assert binds_cwd(cwd) is bound
+
+
+# ------------------------------------------------------------------ hostile images and binds
+
+
+@pytest.mark.parametrize("config, field", [
+    ({"Env": "PATH=/bin"}, "Env"), ({"Cmd": {"a": 1}}, "Cmd"), ({"WorkingDir": 5}, "WorkingDir"),
+    ({"Entrypoint": ["/a\u0000b"]}, r"Entrypoint\[0\]"), ({"Labels": [1]}, "Labels"),
+])
+def test_oci_config_with_wrong_types_is_one_image_error(host_env, cwd, config, field):
+    with pytest.raises(ImageError, match=f"/img: the OCI config object: {field} "):
+        plan(host_env, "run", [], image=oci_image(**config))
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100000, b"{bad", b"\xff"])
+def test_oci_config_that_is_not_json_is_one_image_error(host_env, cwd, raw):
+    with pytest.raises(ImageError, match="/img: the OCI config object: "):
+        plan(host_env, image=image(**{"oci-config.json": raw}))
+
+
+def test_oci_env_with_an_empty_name_is_skipped(host_env, cwd):
+    env = plan(host_env, image=oci_image(Env=["=x", "A=1"])).process.env
+    assert "" not in env and env["A"] == "1"
+
+
+@pytest.mark.parametrize("dst", ["/", "/proc", "/sys", "/dev", "/proc/", "//proc", "/proc/sys/kernel", "/proc/1/attr",
+                                 "/sys/kernel/debug", "/sys/fs/cgroup", "/x/../proc"])
+def test_binds_hiding_kernel_file_systems_are_refused(host_env, cwd, dst):
+    with pytest.raises(UsageError, match="would hide"):
+        plan(host_env, binds=[f"/data:{dst}"])
+
+
+@pytest.mark.parametrize("dst", ["/dev/shm", "/dev/infiniband", "/proc/meminfo", "/proc/cpuinfo", "/tmp", "/var/tmp",
+                                 "/procedures", "/system"])
+def test_binds_below_dev_and_lxcfs_proc_files_are_allowed(host_env, cwd, dst):
+    assert dst in dests(plan(host_env, binds=[f"/data:{dst}"]))
+
+
+def test_home_destination_over_kernel_file_systems_is_refused(host_env, cwd):
+    with pytest.raises(UsageError, match="--home destination /sys would hide"):
+        plan(host_env, home="/data:/sys")

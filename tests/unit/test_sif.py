@@ -29,7 +29,8 @@ import pytest
 
 from yurt.errors import ImageError
 from yurt.image import sif as S
-from yurt.image.sif import DataType, FsType, PartType, SifFile, SifObject, is_sif, write_sif
+from yurt.image.sif import DataType, FsType, PartType, SifFile, is_sif
+from yurt.image.sif_write import SifObject, write_sif
 
 T = 1_700_000_000
 LAUNCH = b"#!/usr/bin/env run-singularity\n"

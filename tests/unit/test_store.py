@@ -1,4 +1,5 @@
-"""The image cache (yurt.store.cache) and its file locks (yurt.store.locks), with real processes."""
+"""The image cache (yurt.store.cache, .cleaning, .files) and its file locks (yurt.store.locks), with real
+processes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from yurt.errors import ImageError
-from yurt.store.cache import Store, force_rmtree, parse_digest, tree_size
+from yurt.store.cache import Store
+from yurt.store.cleaning import tree_size
+from yurt.store.files import force_rmtree, parse_digest
 from yurt.store.locks import LockTimeout, file_lock, try_lock
 
 FORK = multiprocessing.get_context("fork")

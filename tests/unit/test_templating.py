@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from yurt.build.deffile import parse
-from yurt.build.templating import parse_arg_file, parse_build_args, render
+from yurt.builder.deffile import parse
+from yurt.builder.templating import parse_arg_file, parse_build_args, render
 from yurt.errors import BuildError, UsageError
 
 CORPUS = Path(__file__).parent / "corpus" / "deffiles"

@@ -1,4 +1,9 @@
-"""``yurt exec | run | shell``: flags -> ActionRequest -> ContainerSpec -> launch."""
+"""``yurt exec | run | shell``: flags -> ActionRequest -> ContainerSpec -> launch; also into an instance.
+
+``yurt exec instance://NAME`` (joining a running instance) is here too: :mod:`yurt.cli.instance`
+starts instances with this module's flags and planning, so this module must not import that one.
+The built-in hooks of the layers above the runtime are wired in here (:data:`INTEGRATIONS`).
+"""
 
 from __future__ import annotations
 
@@ -56,6 +61,12 @@ FLAGS = [
     Flag("help", short="h", help="show this help"),
 ]
 
+# Start options a join must plan with as well (identity and home as the instance has them).
+JOIN_OPTIONS = ("fakeroot", "ignore_subuid", "contain", "containall", "home", "no_home", "workdir")
+# Options that shape a container and so only mean something when an instance starts.
+_START_ONLY = ("bind", "overlay", "writable", "writable_tmpfs", "net", "ipc", "uts", "hostname", "memory", "cpus",
+               "pids_limit", "cpuset", "sharens", "nv", "rocm", "device")
+
 SYNOPSIS = {
     "exec": ("[options] IMAGE COMMAND [ARGS...]", "Run COMMAND inside IMAGE (a .sif file or a directory)."),
     "run": ("[options] IMAGE [ARGS...]", "Run IMAGE's runscript, or its Entrypoint + Cmd."),
@@ -72,8 +83,6 @@ def main(command: str, argv: list[str], ctx) -> int:
     if not positionals:
         raise UsageError(f"{command} needs an image", f"yurt {command} {SYNOPSIS[command][0]}")
     if positionals[0].startswith("instance://"):
-        from yurt.cli.instance import join_instance
-
         join_instance(command, values, positionals, ctx)
     spec, image = plan_from(command, values, positionals, ctx)
     make_rootfs = lambda: _rootfs_for(image, values["unsquash"], ctx.debug)  # noqa: E731
@@ -142,6 +151,7 @@ def plan_from(command: str, values: dict, positionals: list[str], ctx):
         cdi_dirs=values["cdi_dirs"],
         hooks_dirs=[d for item in values["hooks_dir"] for d in item.split(",") if d],
         mpi=values["mpi"],
+        integrations=INTEGRATIONS,
     )
     spec = plan_container(req)
     if values["memory"] or values["cpus"] or values["pids_limit"] is not None or values["cpuset"]:
@@ -185,6 +195,47 @@ def check_overlay(spec: str) -> str:
     return os.path.abspath(path) + (":ro" if mode == "ro" else "")
 
 
+def join_instance(command: str, values: dict, positionals: list[str], ctx) -> None:
+    """``yurt exec|run|shell instance://NAME ...``: the command runs inside the running instance."""
+    from yurt.image.rootfs import notice
+    from yurt.runtime import instances, join
+
+    name = positionals[0][len(instances.SCHEME):]
+    doc, target = instances.target_of(name)
+    ignored = [k.replace("_", "-") for k in _START_ONLY if values.get(k)]
+    if ignored:
+        notice(f"ignored when joining instance {name} (set when it starts): --{', --'.join(ignored)}")
+    for k in _START_ONLY:
+        if k in values:
+            values[k] = [] if isinstance(values[k], list) else (None if k in ("memory", "cpus", "pids_limit",
+                                                                                "cpuset", "hostname") else False)
+    values.update({k: v for k, v in (doc.get("options") or {}).items() if k in JOIN_OPTIONS})
+    # Planned with what the user named at start (docker://..., oci:...), so the site's image rules see
+    # the same thing as then, not the cache file behind it.
+    image_ref = str(doc.get("image_ref") or doc.get("image") or "")
+    spec, _ = plan_from(command, values, [image_ref, *positionals[1:]], ctx)
+    spec.process.env.update({"YURT_INSTANCE": name, "APPTAINER_INSTANCE": name, "SINGULARITY_INSTANCE": name})
+    sys.stdout.flush()
+    join.exec_in(spec, target)
+
+
+def _mpi_hook(spec, env: dict[str, str]) -> None:
+    """``yurt-mpi.json``: PMIx directories and shared memory for MPI ranks, ``--mpi=host``'s binds and check.
+
+    A built-in hook (:mod:`yurt.runtime.hooks`) whose code is in the HPC layer, above the runtime:
+    wired in here, and :mod:`yurt.hpc.mpi` is loaded only for a rank or ``--mpi=host``.
+    """
+    model = spec.annotations.get("yurt.mpi")
+    if model:
+        from yurt.hpc import mpi
+
+        mpi.plan_edits(spec, env, host=model == "host")
+
+
+# Built-in hooks of the layers above the runtime, handed to the planner (ActionRequest.integrations).
+INTEGRATIONS = {"yurt-mpi.json": _mpi_hook}
+
+
 def _pulled(ref: str, ctx) -> str:
     """``docker://``, ``oras://``, ``oci:``...: the cached SIF (pulled first when missing)."""
     if not ref.startswith(("docker://", "oras://", "oci:", "oci-archive:", "docker-archive:")):
@@ -201,6 +252,6 @@ def _rootfs_for(image, unsquash: bool, debug: bool):
     from yurt.image import rootfs
 
     if image.kind == "sandbox":
-        return rootfs.DirectoryRootfs(image.path)
+        return rootfs.DirectoryRootfs(image.path, fd=image.fd)
     return rootfs.squashfs_rootfs(image.path, image.offset, image.size, real_root=os.geteuid() == 0,
-                                  unsquash=unsquash, debug=debug)
+                                  unsquash=unsquash, debug=debug, fd=image.fd)

@@ -52,14 +52,14 @@ def main(command: str, argv: list[str], ctx) -> int:
     from yurt.image.squashfs import DEFAULT_COMPRESSION
 
     compression = values["compression"] or DEFAULT_COMPRESSION
-    from yurt.build.dockerbuild import is_dockerfile
+    from yurt.builder.dockerbuild import is_dockerfile
 
     dockerfile = values["dockerfile"]
     if dockerfile is None and os.path.isfile(source) and is_dockerfile(source):
         dockerfile, source = source, os.path.dirname(os.path.abspath(source))
     if dockerfile is not None:
-        from yurt.build import dockerbuild
-        from yurt.build.templating import parse_build_args
+        from yurt.builder import dockerbuild
+        from yurt.builder.templating import parse_build_args
         from yurt.cli.pull import options_from_environment
 
         if not os.path.isdir(source):
@@ -77,8 +77,8 @@ def main(command: str, argv: list[str], ctx) -> int:
         else:
             pack.build_sif(source, out, compression=compression, mksquashfs_args=mksquashfs_args)
     else:
-        from yurt.build import executor
-        from yurt.build.templating import parse_build_args
+        from yurt.builder import executor
+        from yurt.builder.templating import parse_build_args
         from yurt.cli.pull import options_from_environment
         executor.build(source, out, sandbox=values["sandbox"], notest=values["notest"],
                        build_args=parse_build_args(values["build_arg"]), build_arg_file=values["build_arg_file"],

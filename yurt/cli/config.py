@@ -41,12 +41,14 @@ def main(command: str, argv: list[str], ctx) -> int:
     settings = {name: {"value": value, "source": cfg.sources[name], "scope": config.KEYS[name].scope}
                 for name, value in cfg.as_dict().items()}
     if values["json"]:
-        doc = {"site_file": site, "site_file_read": cfg.site_file is not None, "user_file": user,
+        doc = {"site_file": site, "site_file_read": cfg.site_file is not None, "policy": cfg.policy, "user_file": user,
                "user_file_read": cfg.user_file is not None, "notes": cfg.notes, "settings": settings}
         print(json.dumps(doc, indent=2))
         return 0
     print(f"# site file: {site}" + ("" if cfg.site_file else " (not present)"))
     print(f"# user file: {user}" + ("" if cfg.user_file else " (not present)"))
+    print("# site policy: " + ("in force (helpers only from helper_path; images checked on the open file; no "
+                               "shared unpacked copies)" if cfg.policy else "none (the site file sets no policy key)"))
     for note in cfg.notes:
         print(f"# note: {note}")
     width = max(len(f"{n} = {_show(s['value'])}") for n, s in settings.items())

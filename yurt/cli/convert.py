@@ -39,20 +39,21 @@ def main(command: str, argv: list[str], ctx) -> int:
     if len(positionals) != 1:
         raise UsageError("convert needs one file", f"yurt convert {SYNOPSIS[0]}")
     path = positionals[0]
-    from yurt.readfile import MIB, read_file
-    from yurt.readfile import text as utf8
+    from yurt.builder.executor import RECIPE_LIMIT
+    from yurt.readfile import read_text
 
-    text = utf8(read_file(path, "", 16 * MIB), path, "")
+    text = read_text(path, "the recipe", RECIPE_LIMIT)
     to_def = _is_dockerfile(path, text) if values["to"] is None else values["to"] in ("def", "deffile")
     if values["to"] not in (None, "def", "deffile", "dockerfile"):
         raise UsageError(f"unknown format {values['to']!r}", "use def or dockerfile")
     if to_def:
-        from yurt.build import dockerfile
+        from yurt.builder import dockerfile, dockerfile_convert
 
         stages = dockerfile.parse(text, filename=path)
-        result, warnings = dockerfile.to_deffile(stages, context_dir=values["context"] or os.path.dirname(path) or ".")
+        result, warnings = dockerfile_convert.to_deffile(stages,
+                                                         context_dir=values["context"] or os.path.dirname(path) or ".")
     else:
-        from yurt.build import convert, deffile
+        from yurt.builder import convert, deffile
 
         defs = deffile.parse(text, filename=path)
         result, warnings = convert.to_dockerfile(defs)

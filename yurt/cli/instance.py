@@ -1,9 +1,8 @@
-"""``yurt instance start|list|stop``, and ``yurt exec|run|shell instance://NAME`` (joining one)."""
+"""``yurt instance start|list|stop`` (joining one, ``yurt exec instance://NAME``, is in :mod:`yurt.cli.actions`)."""
 
 from __future__ import annotations
 
 import os
-import sys
 
 from yurt.cli.options import Flag, parse, parse_command, usage
 from yurt.errors import UsageError
@@ -18,11 +17,6 @@ STOP_FLAGS = [
     _HELP,
 ]
 FLAGS = [LIST_FLAGS[0], *STOP_FLAGS]  # start takes the options of exec (yurt.cli.actions.FLAGS)
-# Start options a join must plan with as well (identity and home as the instance has them).
-JOIN_OPTIONS = ("fakeroot", "ignore_subuid", "contain", "containall", "home", "no_home", "workdir")
-# Options that shape a container and so only mean something when an instance starts.
-_START_ONLY = ("bind", "overlay", "writable", "writable_tmpfs", "net", "ipc", "uts", "hostname", "memory", "cpus",
-               "pids_limit", "cpuset", "sharens", "nv", "rocm", "device")
 
 TOP_USAGE = """Usage: yurt instance start|list|stop [options]
 
@@ -55,7 +49,7 @@ def main(command: str, argv: list[str], ctx) -> int:
 
 
 def start(argv: list[str], ctx) -> int:
-    from yurt.cli.actions import FLAGS, _rootfs_for, plan_from
+    from yurt.cli.actions import FLAGS, JOIN_OPTIONS, _rootfs_for, plan_from
 
     flags = [f for f in FLAGS if f.name not in ("shell", "sharens", "sharens-tag", "no-init")]
     parsed = parse_command("instance start", argv, flags, "[options] IMAGE NAME [ARGS...]",
@@ -146,28 +140,3 @@ def stop(argv: list[str]) -> int:
     if missing:
         raise UsageError(f"no instance named {', '.join(missing)} is running", "see 'yurt instance list'")
     return 0
-
-
-def join_instance(command: str, values: dict, positionals: list[str], ctx) -> None:
-    """``yurt exec|run|shell instance://NAME ...``: the command runs inside the running instance."""
-    from yurt.cli.actions import plan_from
-    from yurt.image.rootfs import notice
-    from yurt.runtime import instances, join
-
-    name = positionals[0][len(instances.SCHEME):]
-    doc, target = instances.target_of(name)
-    ignored = [k.replace("_", "-") for k in _START_ONLY if values.get(k)]
-    if ignored:
-        notice(f"ignored when joining instance {name} (set when it starts): --{', --'.join(ignored)}")
-    for k in _START_ONLY:
-        if k in values:
-            values[k] = [] if isinstance(values[k], list) else (None if k in ("memory", "cpus", "pids_limit",
-                                                                                "cpuset", "hostname") else False)
-    values.update({k: v for k, v in (doc.get("options") or {}).items() if k in JOIN_OPTIONS})
-    # Planned with what the user named at start (docker://..., oci:...), so the site's image rules see
-    # the same thing as then, not the cache file behind it.
-    image_ref = str(doc.get("image_ref") or doc.get("image") or "")
-    spec, _ = plan_from(command, values, [image_ref, *positionals[1:]], ctx)
-    spec.process.env.update({"YURT_INSTANCE": name, "APPTAINER_INSTANCE": name, "SINGULARITY_INSTANCE": name})
-    sys.stdout.flush()
-    join.exec_in(spec, target)

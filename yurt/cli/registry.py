@@ -65,18 +65,46 @@ def _credentials(values: dict) -> tuple[str, str]:
     """
     user = values["username"]
     if values["password_stdin"]:
-        if not user:
+        if not user:  # stdin holds the password: the user name cannot come from it too
             raise UsageError("--password-stdin needs --username", "yurt registry login -u USER --password-stdin HOST")
-        password = sys.stdin.readline().rstrip("\n")
-    elif not sys.stdin.isatty():
+        password = _stdin_password()
+    elif sys.stdin is None or not sys.stdin.isatty():
         raise UsageError("cannot ask for the password: standard input is not a terminal",
                          "pass --username USER and the password on standard input with --password-stdin")
     else:
         try:
             user = user or input("Username: ")
             password = getpass.getpass("Password: ")
-        except EOFError:
-            raise UsageError("no user name or password given (end of input)")
+        except (EOFError, UnicodeDecodeError):
+            raise UsageError("no user name or password could be read from the terminal",
+                             "give --username and pipe the password in with --password-stdin")
     if not user or not password:
         raise UsageError("a user name and a password are needed")
     return user, password
+
+
+PASSWORD_LIMIT = 64 << 10
+
+
+def _stdin_password() -> str:
+    """All of standard input less its final line end (as ``docker login --password-stdin``), checked:
+    empty, not UTF-8, a NUL byte or several lines is one clear UsageError instead of a bad login."""
+    hint = 'pipe the password or token in: echo "$TOKEN" | yurt registry login -u USER --password-stdin HOST'
+    if sys.stdin is None:  # started with standard input closed
+        raise UsageError("--password-stdin: there is no standard input", hint)
+    try:
+        data = sys.stdin.buffer.read(PASSWORD_LIMIT + 1)
+    except OSError as e:
+        raise UsageError(f"--password-stdin: cannot read standard input: {e.strerror}", hint)
+    if len(data) > PASSWORD_LIMIT:
+        raise UsageError(f"--password-stdin: standard input is larger than {PASSWORD_LIMIT} bytes", hint)
+    data = data.removesuffix(b"\n").removesuffix(b"\r")
+    if not data:
+        raise UsageError("--password-stdin: standard input is empty", hint)
+    try:
+        password = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError("--password-stdin: the password is not UTF-8 text", hint)
+    if "\0" in password or "\n" in password or "\r" in password:
+        raise UsageError("--password-stdin: the password holds a NUL byte or a line break", hint)
+    return password

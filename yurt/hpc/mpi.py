@@ -201,7 +201,7 @@ def _link_names(root: str, path: str) -> list[str]:
 
 
 def container_check(annotation: str):
-    """A check to run inside the container before the payload (see launcher ``_ExecPlan``)."""
+    """A check to run inside the container before the payload (``YurtExtras.container_checks``)."""
     host = MPILibrary.from_json(annotation)
 
     def check() -> None:
@@ -378,6 +378,7 @@ def host_edits(spec, env: dict[str, str] | None = None) -> MPILibrary:
             spec.mounts.append(Mount(dest, "bind", path, ["ro"]))
     gpu.prepend_library_dir(spec)
     spec.annotations[ANNOTATION] = host.to_json()
+    spec.extras.container_checks.append(container_check(spec.annotations[ANNOTATION]))
     if spec.extras.debug:
         import sys
 

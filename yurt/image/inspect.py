@@ -10,7 +10,6 @@ are opened without following symlinks, so an image cannot point us at host files
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -19,6 +18,7 @@ import time
 from typing import Any
 
 from yurt.errors import ImageError
+from yurt.image import inroot, metadata
 from yurt.image.sif import (
     ARCH_NAMES,
     DataType,
@@ -51,14 +51,10 @@ def _labels_from_json(data: bytes | None, warnings: list[str], where: str) -> di
     if not data:
         return {}
     try:
-        obj = json.loads(data)
-    except ValueError:
-        warnings.append(f"{where}: labels are not valid JSON")
+        return metadata.labels(data, where)
+    except ImageError as e:
+        warnings.append(f"{e.message}; labels ignored")
         return {}
-    if not isinstance(obj, dict):
-        warnings.append(f"{where}: labels are not a JSON object")
-        return {}
-    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in obj.items()}
 
 
 # --- reading one image kind each --------------------------------------------------------
@@ -92,59 +88,26 @@ class _SquashReader:
 
 
 class _DirReader:
-    """In-image files of a sandbox, opened component by component with O_NOFOLLOW."""
+    """In-image files of a sandbox, read inside it without following links (:mod:`yurt.image.inroot`)."""
 
     def __init__(self, root: str, warnings: list[str]):
         self.root, self.warnings = root, warnings
 
-    def _open(self, inner: str, directory: bool) -> int | None:
-        parts = [p for p in inner.split("/") if p]
-        try:
-            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            return None
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-            if not last or directory:
-                flags |= os.O_DIRECTORY
-            try:
-                nfd = os.open(part, flags, dir_fd=fd)
-            except OSError as e:
-                if e.errno == errno.ELOOP:
-                    self.warnings.append(f"/{inner} is a symlink; not followed")
-                return None
-            finally:
-                os.close(fd)
-            fd = nfd
-        return fd
-
     def cat(self, inner: str, limit: int = FILE_LIMIT) -> bytes | None:
-        fd = self._open(inner, directory=False)
-        if fd is None:
-            return None
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            if st.st_size > limit:
-                self.warnings.append(f"/{inner} is larger than {limit} bytes; not read")
-                return None
-            with os.fdopen(os.dup(fd), "rb") as f:
-                return f.read(limit)
-        finally:
-            os.close(fd)
+            return inroot.read_file(self.root, inner, limit)
+        except ImageError as e:
+            self.warnings.append(e.message)
+            return None
 
     def env_files(self) -> dict[str, str]:
-        fd = self._open(f"{META_DIR}/env", directory=True)
-        if fd is None:
-            return {}
         try:
-            names = sorted(n for n in os.listdir(fd) if n.endswith(".sh"))[:MAX_ENV_FILES]
-        finally:
-            os.close(fd)
+            names = inroot.list_dir(self.root, f"{META_DIR}/env") or []
+        except ImageError as e:
+            self.warnings.append(e.message)
+            return {}
         env = {}
-        for name in names:
+        for name in [n for n in names if n.endswith(".sh")][:MAX_ENV_FILES]:
             data = self.cat(f"{META_DIR}/env/{name}")
             if data is not None:
                 env[f"/{META_DIR}/env/{name}"] = data.decode("utf-8", "replace")
@@ -238,15 +201,28 @@ def _first(*values: Any) -> Any:
 
 
 def _apptainer_metadata(data: bytes | None, warnings: list[str]) -> dict[str, Any]:
-    """The attributes of Apptainer's inspect-metadata.json object (pkg/inspect.Metadata)."""
+    """The attributes of Apptainer's inspect-metadata.json object (pkg/inspect.Metadata), checked member by
+    member: labels and environment are objects of strings, the texts are strings; others are dropped."""
     if not data:
         return {}
     try:
-        attrs = json.loads(data)["data"]["attributes"]
-    except (ValueError, KeyError, TypeError):
+        attrs = metadata.parse(data, INSPECT_METADATA)["data"]["attributes"]
+    except (ImageError, KeyError, TypeError):
         warnings.append(f"{INSPECT_METADATA}: not in Apptainer's metadata format; ignored")
         return {}
-    return attrs if isinstance(attrs, dict) else {}
+    if not isinstance(attrs, dict):
+        warnings.append(f"{INSPECT_METADATA}: its attributes are not an object; ignored")
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        try:
+            if key in ("labels", "environment"):
+                out[key] = metadata.string_map(value, f"{INSPECT_METADATA}: {key}")
+            elif key in ("runscript", "deffile", "helpfile", "test", "startscript"):
+                out[key] = metadata.string(value, f"{INSPECT_METADATA}: {key}")
+        except ImageError as e:
+            warnings.append(f"{e.message}; ignored")
+    return out
 
 
 def _empty_info(path: str, fmt: str) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from yurt.errors import ImageError
-from yurt.image.sif import DataType, FsType, PartType, SifObject, host_arch_code, write_sif
+from yurt.image.sif import DataType, FsType, PartType, host_arch_code
+from yurt.image.sif_write import SifObject, write_sif
 from yurt.image.squashfs import DEFAULT_COMPRESSION, mksquashfs, remove_tree
 
 INSPECT_METADATA = "inspect-metadata.json"  # SIFDescInspectMetadataJSON in Apptainer

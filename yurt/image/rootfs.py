@@ -1,28 +1,34 @@
 """Rootfs: a directory to pivot into, plus whatever keeps it alive.
 
-Three ways to run a squashfs (SIF partition or plain ``.sqfs``) without
-trusting anybody:
+Every kind works from the descriptor :func:`yurt.image.source.open_image` opened (and the site policy
+was checked on), never by opening the image's path again, so a symbolic link swapped meanwhile cannot
+change what runs:
 
-* :class:`KernelSquashfs` (caller is real root): a loop device at the
-  partition offset, kernel squashfs, ``nosuid,nodev``.  Auto-cleared when the
-  mount namespace goes away.
-* :class:`FuseSquashfs` (unprivileged): we open ``/dev/fuse`` and mount it
-  ourselves inside the user namespace, then hand the fd to ``squashfuse_ll``
-  as ``/dev/fd/N``.  The helper runs *outside* the container's mount
-  namespace, so when the payload (and anything it left behind) exits, the
-  namespace dies, the FUSE connection is aborted and the helper exits on its
-  own: no supervisor process, yet nothing is left running.
-* :class:`ExtractedSquashfs` (no usable FUSE): unpack once with ``unsquashfs``
-  into a node-local cache keyed by the file's identity, atomically.
+* :class:`DirectoryRootfs`: a directory image is bound into the session from the path the kernel
+  reports for the descriptor, and used only when the bound tree is that very directory (same device
+  and inode; a bind cannot take the descriptor itself once the mount namespace is new).
+* :class:`KernelSquashfs` (caller is real root): a loop device on the descriptor at the
+  partition offset, kernel squashfs, ``nosuid,nodev``.  Auto-cleared when the mount namespace goes
+  away.
+* :class:`FuseSquashfs` (unprivileged): we open ``/dev/fuse`` and mount it ourselves inside the user
+  namespace, then hand the fd to ``squashfuse_ll`` as ``/dev/fd/N``, and the image as another
+  inherited ``/dev/fd/M``.  The helper runs *outside* the container's mount namespace, so when the
+  payload (and anything it left behind) exits, the namespace dies, the FUSE connection is aborted and
+  the helper exits on its own: no supervisor process, yet nothing is left running.
+* :class:`ExtractedSquashfs` (``--unsquash``, or no usable FUSE): without a site policy, unpack once
+  with ``unsquashfs`` into a node-local cache keyed by the file's identity, atomically, under a lock
+  (a node's MPI ranks share one copy).  Under a policy that cache is not trusted (the user can edit
+  it): the image is unpacked for this run only, into a tmpfs inside the container's mount namespace,
+  where nothing outside can reach it and from which nothing is left behind.
 
-``prepare()`` runs on the host before any namespace exists; ``attach()`` runs
-inside the new mount namespace and returns the directory to use.
+Helper programs come from :mod:`yurt.programs` (never ``PATH`` under a policy).
+``prepare()`` runs on the host before any namespace exists; ``attach()`` runs inside the new mount
+namespace and returns the directory to use.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 import struct
 import sys
 
@@ -47,12 +53,26 @@ class Rootfs:
 
 
 class DirectoryRootfs(Rootfs):
-    def __init__(self, path: str, description: str = "directory") -> None:
+    """A directory image; with ``fd`` (its open descriptor) the directory is bound from that, checked."""
+
+    def __init__(self, path: str, description: str = "directory", fd: int | None = None) -> None:
         self.path = path
         self.description = description
+        self.fd = fd
+        self.source = os.readlink(f"/proc/self/fd/{fd}") if fd is not None else path
 
     def attach(self, mountpoint: str) -> str:
-        return self.path
+        if self.fd is None:
+            return self.path
+        from yurt import syscalls
+
+        os.mkdir(mountpoint, 0o755)
+        syscalls.mount(self.source, mountpoint, None, syscalls.MS_BIND | syscalls.MS_REC)
+        got, want = os.stat(mountpoint), os.fstat(self.fd)
+        if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
+            raise RuntimeSetupError(f"image directory {self.path} was replaced while the container was starting",
+                                    "try again; if it keeps happening, something is renaming it")
+        return mountpoint
 
 
 def close_fds_except(keep: set[int]) -> None:
@@ -86,15 +106,15 @@ _LOOP_INFO64 = "=QQQQQIIII64s64s32sQQ"
 class KernelSquashfs(Rootfs):
     description = "kernel squashfs (loop device)"
 
-    def __init__(self, path: str, offset: int, size: int) -> None:
-        self.path, self.offset, self.size = path, offset, size
+    def __init__(self, path: str, offset: int, size: int, fd: int | None = None) -> None:
+        self.path, self.offset, self.size, self.fd = path, offset, size, fd
         self.loopdev: str | None = None
         self._loop_fd: int | None = None
 
     def prepare(self) -> None:
         import fcntl
 
-        image_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        image_fd = os.dup(self.fd) if self.fd is not None else os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
             try:
@@ -140,23 +160,20 @@ class KernelSquashfs(Rootfs):
 
 # --- squashfuse, unprivileged -----------------------------------------------
 
-def which(program: str) -> str | None:
-    """``shutil.which`` without importing shutil (and fnmatch, re) on the exec path."""
-    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        candidate = os.path.join(directory or ".", program)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
 def squashfuse_binary() -> str | None:
-    return which("squashfuse_ll") or which("squashfuse")
+    from yurt import programs
+
+    return programs.find("squashfuse_ll") or programs.find("squashfuse")
 
 
 class FuseSquashfs(Rootfs):
-    def __init__(self, path: str, offset: int, binary: str, debug: bool = False) -> None:
+    def __init__(self, path: str, offset: int, binary: str, debug: bool = False, fd: int | None = None) -> None:
+        from yurt.programs import helper_env
+
         self.path, self.offset, self.binary, self.debug = path, offset, binary, debug
         self.description = f"{os.path.basename(binary)} (FUSE)"
+        self.image_fd = fd if fd is not None else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.env = helper_env()  # worked out here: the helper's child must not load the configuration
         self.fuse_fd = -1
         self.go_fd = -1
 
@@ -195,12 +212,14 @@ class FuseSquashfs(Rootfs):
         os.dup2(devnull, 1)
         if not self.debug:
             os.dup2(devnull, 2)
-        close_fds_except({go, self.fuse_fd})
+        close_fds_except({go, self.fuse_fd, self.image_fd})
         if os.read(go, 1) != b"g":
             os._exit(0)
         os.set_inheritable(self.fuse_fd, True)
-        args = [self.binary, "-f", "-o", f"offset={self.offset}", self.path, f"/dev/fd/{self.fuse_fd}"]
-        os.execv(self.binary, args)
+        os.set_inheritable(self.image_fd, True)  # the image it serves: the file that was checked, not a path
+        args = [self.binary, "-f", "-o", f"offset={self.offset}", f"/dev/fd/{self.image_fd}",
+                f"/dev/fd/{self.fuse_fd}"]
+        os.execve(self.binary, args, os.environ if self.env is None else self.env)
 
     def attach(self, mountpoint: str) -> str:
         from yurt import syscalls
@@ -229,45 +248,37 @@ class FuseSquashfs(Rootfs):
         self._close()  # the helper reads EOF and exits
 
 
-# --- unpack once into a node-local cache -----------------------------------
-
-def local_cache_dir() -> str:
-    """``$YURT_LOCAL_CACHEDIR``, ``local_cache_dir`` (:mod:`yurt.config`) or ``/var/tmp/yurt-<uid>``:
-    node-local, never $HOME (often NFS)."""
-    from yurt.config import load
-
-    return private_dir(load().local_cache_dir, "set YURT_LOCAL_CACHEDIR to a private node-local directory")
-
-
-def private_dir(path: str, hint: str) -> str:
-    """``path`` as a directory of ours, mode 0700 (made if missing; never followed through a symlink)."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise RuntimeSetupError(f"{path} is not a directory owned by you", hint)
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        os.chmod(path, 0o700)
-    return path
-
+# --- unpack: once per node into a shared cache, or privately per run under a site policy -----
 
 class ExtractedSquashfs(Rootfs):
-    description = "unpacked copy (node-local cache)"
+    """``unsquashfs`` the image: into the node-local cache (shared, once per node), or with ``private``
+    (a site policy: the user can write that cache) into a tmpfs of this container's mount namespace."""
 
-    def __init__(self, path: str, offset: int, reason: str) -> None:
-        self.path, self.offset, self.reason = path, offset, reason
+    def __init__(self, path: str, offset: int, reason: str, fd: int | None = None, private: bool = False) -> None:
+        self.path, self.offset, self.reason, self.private = path, offset, reason, private
+        self.fd = fd if fd is not None else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.description = ("unpacked copy (private to this run: site policy)" if private
+                            else "unpacked copy (node-local cache)")
         self.dir = ""
 
     def cache_key(self) -> str:
         import hashlib
 
-        st = os.stat(self.path)
-        ident = f"{os.path.realpath(self.path)}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0"
+        st = os.fstat(self.fd)
+        real = os.readlink(f"/proc/self/fd/{self.fd}")
+        ident = f"{real}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0"
         return hashlib.sha256(f"{ident}{self.offset}".encode()).hexdigest()[:32]
 
     def prepare(self) -> None:
+        from yurt.errors import ImageError
+        from yurt.programs import require
+
+        require("unsquashfs", "install squashfs-tools", ImageError)  # fail here, before any namespace
+        if self.private:
+            notice(f"{self.reason}; unpacking {os.path.basename(self.path)} for this run only (under the site "
+                   "policy the shared node-local copy is not trusted)")
+            return
+        from yurt.store.userdir import local_cache_dir
 
         root = os.path.join(local_cache_dir(), "unpacked")
         os.makedirs(root, mode=0o700, exist_ok=True)
@@ -297,7 +308,7 @@ class ExtractedSquashfs(Rootfs):
             notice(f"{self.reason}; unpacking {os.path.basename(self.path)} once into {final}")
             tmp = f"{final}.tmp-{os.getpid()}"
             try:
-                unsquashfs_extract(self.path, self.offset, tmp)
+                unsquashfs_extract(self.path, self.offset, tmp, image_fd=self.fd)
                 os.rename(tmp, final)
             except OSError:
                 if not os.path.isdir(final):  # a concurrent unpack of the same image won: fine
@@ -312,28 +323,43 @@ class ExtractedSquashfs(Rootfs):
                 os.close(fd)
 
     def attach(self, mountpoint: str) -> str:
-        return self.dir
+        if not self.private:
+            return self.dir
+        from yurt import syscalls
+        from yurt.image.squashfs import unsquashfs_into
+
+        os.mkdir(mountpoint, 0o755)
+        syscalls.mount("tmpfs", mountpoint, "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=0755")
+        unsquashfs_into(self.fd, self.offset, mountpoint, what=self.path)
+        return mountpoint
 
 
 def squashfs_rootfs(path: str, offset: int, size: int, *, real_root: bool, unsquash: bool,
-                    debug: bool = False) -> Rootfs:
-    """Pick and prepare the best way to run a squashfs, falling back with a notice."""
+                    debug: bool = False, fd: int | None = None) -> Rootfs:
+    """Pick and prepare the best way to run a squashfs (``fd``: the image opened and checked), falling back
+    with a notice."""
+    from yurt.programs import policy_in_force
+
+    private = policy_in_force()
     if unsquash:
-        rootfs: Rootfs = ExtractedSquashfs(path, offset, "--unsquash given")
+        rootfs: Rootfs = ExtractedSquashfs(path, offset, "--unsquash given", fd, private)
         rootfs.prepare()
         return rootfs
     if real_root and os.path.exists("/dev/loop-control"):
-        kernel = KernelSquashfs(path, offset, size)
+        kernel = KernelSquashfs(path, offset, size, fd)
         try:
             kernel.prepare()
             return kernel
         except OSError as e:
             notice(f"kernel squashfs mount unavailable ({e.strerror}); trying squashfuse")
     binary = squashfuse_binary()
-    reason = "squashfuse is not installed" if binary is None else FuseSquashfs.usable()
+    if binary is None:
+        reason = "squashfuse is not installed" + (" in the site's helper directories" if private else "")
+    else:
+        reason = FuseSquashfs.usable()
     if reason is None and binary is not None:
-        return FuseSquashfs(path, offset, binary, debug)
-    rootfs = ExtractedSquashfs(path, offset, reason or "")
+        return FuseSquashfs(path, offset, binary, debug, fd)
+    rootfs = ExtractedSquashfs(path, offset, reason or "", fd, private)
     try:
         rootfs.prepare()
     except OSError as e:

@@ -2,6 +2,11 @@
 
 Only cheap work happens here (the SIF header and descriptor table are read, no
 partition data), because this is on the ``yurt exec`` hot path.
+
+The image is opened once, here: :attr:`Image.fd` is the descriptor the site policy is checked on
+(:meth:`yurt.config.Config.check_image`) and the only thing handed on to the loop device,
+``squashfuse``, ``unsquashfs`` and the directory bind (:mod:`yurt.image.rootfs`); nothing opens the
+path again, so a symbolic link swapped after the open changes nothing.
 """
 
 from __future__ import annotations
@@ -22,67 +27,100 @@ REMOTE_SCHEMES = ("docker://", "oras://", "library://", "shub://", "oci:", "oci-
 class Image(Record):
     """An image on disk and the metadata the launcher needs from it."""
 
-    __slots__ = ("path", "kind", "offset", "size", "objects")
-    _defaults = {"offset": 0, "size": 0, "objects": dict}
+    __slots__ = ("path", "kind", "offset", "size", "objects", "fd")
+    _defaults = {"offset": 0, "size": 0, "objects": dict, "fd": None}
     path: str
     kind: str  # "sif", "squashfs" or "sandbox"
     offset: int
     size: int
     objects: dict[str, bytes]
+    fd: int | None  # the image as open_image opened it (close-on-exec; kept for the life of the process)
 
     @property
     def name(self) -> str:
         return os.path.basename(self.path.rstrip("/"))
 
     def oci_config(self) -> dict | None:
+        """The OCI config's ``config`` member (Env, Entrypoint, Cmd, WorkingDir, ...), its types checked.
+
+        A sandbox's ``.singularity.d/oci-config.json`` is read inside the image without following
+        links (:mod:`yurt.image.inroot`); anything hostile is an ImageError.
+        """
         raw = self.objects.get("oci-config.json")
+        where = "the OCI config object"
         if raw is None and self.kind == "sandbox":
-            raw = _read_small(os.path.join(self.path, ".singularity.d", "oci-config.json"))
+            from yurt.image import inroot
+
+            raw = inroot.read_file(self.path, "/.singularity.d/oci-config.json", where=self.path)
+            where = "/.singularity.d/oci-config.json"
         if not raw:
             return None
-        import json
+        from yurt.image import metadata
 
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            raise ImageError(f"{self.path}: the image's OCI config is not valid JSON")
-        # Accept both a full image config and its "config" member.
-        return doc.get("config", doc) if isinstance(doc, dict) else None
-
-
-def _read_small(path: str, limit: int = 1 << 20) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read(limit)
-    except OSError:
-        return None
+        what = f"{self.path}: {where}"
+        return metadata.oci_config(metadata.parse(raw, what), what)
 
 
 def open_image(ref: str) -> Image:
+    """Open the image ``ref`` names, once (see the module docstring)."""
     if ref.startswith(REMOTE_SCHEMES):
         scheme = ref.split(":", 1)[0]
         raise ImageError(f"{scheme}: images are not supported by this yurt yet",
                          "use a local .sif file or directory")
+    fd = _open_once(ref)
     try:
-        st = os.stat(ref)
+        return _identify(ref, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_once(ref: str) -> int:
+    """A descriptor for the file or directory ``ref`` names; FIFOs and devices are refused without being
+    opened (an ``O_PATH`` descriptor is looked at first, then reopened through ``/proc/self/fd``: the same
+    inode, whatever the path names by then)."""
+    try:
+        probe = os.open(ref, os.O_PATH | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ImageError(f"image {ref} not found", "give the path of a .sif file or a directory")
     except OSError as e:
         raise ImageError(f"cannot open image {ref}: {e.strerror}")
-    path = os.path.abspath(ref)
-    if stat.S_ISDIR(st.st_mode):
-        return Image(path=os.path.realpath(path), kind="sandbox")
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageError(f"{ref} is neither a file nor a directory")
+    keep = False
     try:
-        with open(path, "rb") as f:
-            head = f.read(64)
+        mode = os.fstat(probe).st_mode
+        if stat.S_ISDIR(mode):
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        elif stat.S_ISREG(mode):
+            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+        else:
+            raise ImageError(f"{ref} is neither a file nor a directory")
+        try:
+            return os.open(f"/proc/self/fd/{probe}", flags)
+        except PermissionError as e:
+            if not stat.S_ISDIR(mode):
+                raise ImageError(f"cannot open image {ref}: {e.strerror}")
+            keep = True  # a directory we may enter but not list (0711): its O_PATH descriptor does
+            return probe
+        except OSError as e:
+            raise ImageError(f"cannot open image {ref}: {e.strerror}")
+    finally:
+        if not keep:
+            os.close(probe)
+
+
+def _identify(ref: str, fd: int) -> Image:
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        return Image(path=os.readlink(f"/proc/self/fd/{fd}"), kind="sandbox", fd=fd)
+    path = os.path.abspath(ref)
+    try:
+        head = os.pread(fd, 64, 0)
     except OSError as e:
         raise ImageError(f"cannot read image {ref}: {e.strerror}")
     if head[SIF_MAGIC_OFFSET:SIF_MAGIC_OFFSET + len(SIF_MAGIC)] == SIF_MAGIC:
-        return _open_sif(path)
+        return _open_sif(path, fd)
     if head[:4] == SQUASHFS_MAGIC:
-        return Image(path=path, kind="squashfs", offset=0, size=st.st_size)
+        return Image(path=path, kind="squashfs", offset=0, size=st.st_size, fd=fd)
     raise ImageError(f"{ref} is not a SIF, squashfs or directory image")
 
 
@@ -90,15 +128,18 @@ def open_image(ref: str) -> Image:
 _WANTED_GENERIC = ("oci-config.json", "runscript")
 
 
-def _open_sif(path: str) -> Image:
+def _open_sif(path: str, fd: int) -> Image:
     from yurt.image.sif import DataType, SifFile
 
-    sif = SifFile.open(path)
-    part = sif.primary_partition()
-    image = Image(path=path, kind="sif", offset=part.offset, size=part.size)
-    for desc in sif.descriptors:
-        if desc.data_type in (DataType.GENERIC_JSON, DataType.GENERIC) and desc.name in _WANTED_GENERIC:
-            image.objects[desc.name] = sif.read_object(desc)
-        elif desc.data_type == DataType.ENVVAR:
-            image.objects["environment"] = sif.read_object(desc)
+    sif = SifFile.from_fd(path, fd)
+    try:
+        part = sif.primary_partition()
+        image = Image(path=path, kind="sif", offset=part.offset, size=part.size, fd=fd)
+        for desc in sif.descriptors:
+            if desc.data_type in (DataType.GENERIC_JSON, DataType.GENERIC) and desc.name in _WANTED_GENERIC:
+                image.objects[desc.name] = sif.read_object(desc)
+            elif desc.data_type == DataType.ENVVAR:
+                image.objects["environment"] = sif.read_object(desc)
+    finally:
+        sif.close()
     return image

@@ -26,19 +26,29 @@ DEFAULT_COMPRESSION = "zstd"
 ZSTD_LEVEL = 3
 _INSTALL_HINT = "install squashfs-tools"
 # unsquashfs reports these as non-fatal (exit 2) when run without privileges; they lose no data
-# an unprivileged container could use (the runtime bind-mounts the host's /dev anyway).
+# an unprivileged container could use (the runtime bind-mounts the host's /dev anyway).  As root
+# in a user namespace (a subuid build, yurt itself in a rootless container) unsquashfs believes it
+# is superuser and tries mknod, which the kernel refuses with EPERM: the node is skipped all the
+# same.  Any other reason (no space, I/O error) stays an error.
 _BENIGN_EXTRACT_ERRORS = re.compile(
     r"because you're not superuser|could not create (character|block) device"
+    r"|failed to create (character|block) device .*, because Operation not permitted$"
     r"|xattr|extended attribute",
     re.IGNORECASE,
 )
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise ImageError(f"{name} not found in PATH", _INSTALL_HINT)
-    return path
+    from yurt.programs import require
+
+    return require(name, _INSTALL_HINT, ImageError)
+
+
+def _env(base: dict[str, str] | None = None) -> dict[str, str] | None:
+    """The tools' environment: ours (or ``base``), without ``LD_*`` under a site policy (:mod:`yurt.programs`)."""
+    from yurt.programs import helper_env
+
+    return helper_env(base) or base
 
 
 def default_processors() -> int:
@@ -170,7 +180,7 @@ def mksquashfs(
     cmd += list(extra_args)
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              errors="replace", env=env)
+                              errors="replace", env=_env(env))
     except OSError as e:
         raise ImageError(f"cannot run mksquashfs: {e.strerror}", _INSTALL_HINT)
     if proc.returncode != 0:
@@ -190,13 +200,16 @@ def _xattr_flags() -> list[str]:
 
 
 def unsquashfs_extract(
-    image_path: str | os.PathLike[str], offset: int, dest_dir: str | os.PathLike[str]
+    image_path: str | os.PathLike[str], offset: int, dest_dir: str | os.PathLike[str], *,
+    image_fd: int | None = None,
 ) -> None:
     """Extract the squashfs at byte ``offset`` of ``image_path`` into the new ``dest_dir``.
 
-    Works unprivileged: device nodes that cannot be created are skipped (exit status 2 with
-    only such messages), any other error fails.  Extraction goes to a temporary sibling that
-    is renamed into place, so ``dest_dir`` never holds a partial tree.
+    With ``image_fd`` (the image already open) unsquashfs reads that descriptor, never the path.
+    Works unprivileged, and as root in a user namespace: device nodes that cannot be created
+    are skipped (exit status 2 with only such messages), any other error fails.  Extraction
+    goes to a temporary sibling that is renamed into place, so ``dest_dir`` never holds a
+    partial tree.
     """
     image_path, dest_dir = os.fspath(image_path), os.fspath(dest_dir)
     if os.path.lexists(dest_dir):
@@ -209,22 +222,38 @@ def unsquashfs_extract(
         raise ImageError(f"cannot extract into {dest_dir}: {e.strerror}")
     target = os.path.join(work, "rootfs")
     try:
-        cmd += _xattr_flags() + ["-d", target, image_path]
-        try:
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True, errors="replace")
-        except OSError as e:
-            raise ImageError(f"cannot run unsquashfs: {e.strerror}", _INSTALL_HINT)
-        problems = [ln.strip() for ln in proc.stderr.splitlines()
-                    if ln.strip() and not _BENIGN_EXTRACT_ERRORS.search(ln)]
-        if proc.returncode not in (0, 2) or (proc.returncode == 2 and problems) or not os.path.isdir(target):
-            detail = problems[-1] if problems else _last_line(proc.stderr)
-            raise ImageError(f"cannot extract squashfs from {image_path}: {detail}")
+        _run_unsquashfs(cmd + ["-d", target], image_path, image_fd)
+        if not os.path.isdir(target):
+            raise ImageError(f"cannot extract squashfs from {image_path}: unsquashfs made no tree")
         os.rename(target, dest_dir)
     except OSError as e:
         raise ImageError(f"cannot extract into {dest_dir}: {e.strerror}")
     finally:
         remove_tree(work)
+
+
+def unsquashfs_into(image_fd: int, offset: int, dest_dir: str, *, what: str) -> None:
+    """Extract the squashfs at ``offset`` of the open ``image_fd`` into the existing, empty ``dest_dir``
+    (a private tmpfs: nothing else can see it, so no temporary and rename are needed)."""
+    _run_unsquashfs(_unsquashfs_base(offset) + ["-f", "-d", dest_dir], what, image_fd)
+
+
+def _run_unsquashfs(cmd: list[str], image_path: str, image_fd: int | None) -> None:
+    """``cmd IMAGE`` (IMAGE: ``/proc/self/fd/N`` of ``image_fd`` when given); device nodes that cannot be
+    made are no failure."""
+    source = image_path if image_fd is None else f"/proc/self/fd/{image_fd}"
+    cmd = cmd + _xattr_flags() + [source]
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, errors="replace", env=_env(),
+                              pass_fds=() if image_fd is None else (image_fd,))
+    except OSError as e:
+        raise ImageError(f"cannot run unsquashfs: {e.strerror}", _INSTALL_HINT)
+    problems = [ln.strip() for ln in proc.stderr.splitlines()
+                if ln.strip() and not _BENIGN_EXTRACT_ERRORS.search(ln)]
+    if proc.returncode not in (0, 2) or (proc.returncode == 2 and problems):
+        detail = problems[-1] if problems else _last_line(proc.stderr)
+        raise ImageError(f"cannot extract squashfs from {image_path}: {detail}")
 
 
 def _mkdtemp(parent: str, base: str) -> str:
@@ -280,7 +309,7 @@ def _bounded_run(cmd: list[str], limit: int, timeout: float, what: str) -> tuple
     """Run a tool, keep at most ``limit`` bytes of stdout, kill it if it overruns or hangs."""
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL)
+                                stderr=subprocess.DEVNULL, env=_env())
     except OSError as e:
         raise ImageError(f"cannot run {os.path.basename(cmd[0])}: {e.strerror}", _INSTALL_HINT)
     assert proc.stdout is not None

@@ -66,7 +66,7 @@ def _read_config(path: Path) -> dict:
         return {}
     try:
         doc = json.loads(raw.decode("utf-8")) if raw.strip() else {}
-    except ValueError:  # UnicodeDecodeError included
+    except (ValueError, RecursionError):  # UnicodeDecodeError included
         raise YurtError(f"{path} is not valid JSON", "fix or remove the file")
     if not isinstance(doc, dict):
         raise YurtError(f"{path} is not a JSON object", "fix or remove the file")

@@ -124,7 +124,7 @@ def resolve_platform(index_doc: dict | bytes | str, os: str = "linux", arch: str
     if isinstance(index_doc, (bytes, str)):
         try:
             index_doc = json.loads(index_doc)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ImageError("the image index is not valid JSON")
     manifests = index_doc.get("manifests") if isinstance(index_doc, dict) else None
     if not isinstance(manifests, list):
@@ -266,7 +266,7 @@ def _errors_text(errors: list[tuple[str, str]]) -> str:
 def _registry_errors(body: bytes) -> list[tuple[str, str]]:
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return []
     errors = doc.get("errors") if isinstance(doc, dict) else None
     if not isinstance(errors, list):
@@ -436,7 +436,7 @@ class RegistryClient:
                 raise self._error(response, "token request")
             try:
                 doc = json.loads(response.read())
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise RegistryError(f"the token server of {self.registry} did not answer JSON")
         finally:
             response.close()
@@ -606,7 +606,7 @@ class RegistryClient:
             try:
                 doc = json.loads(body)
                 media_type = doc.get("mediaType") or media_type if isinstance(doc, dict) else media_type
-            except ValueError:
+            except (ValueError, RecursionError):
                 pass
         if by_digest:
             algorithm = ref.split(":", 1)[0]
@@ -713,7 +713,7 @@ class RegistryClient:
                                                 f"tags of {repo}")
             try:
                 doc = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):
                 doc = None
             if not isinstance(doc, dict):
                 raise RegistryError(f"registry {self.registry}: the tag list of {repo} is not a JSON object")

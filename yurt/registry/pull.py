@@ -10,13 +10,13 @@ the result.  Conversion streams the merged layers straight into squashfs
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from yurt.errors import ImageError, UsageError
+from yurt.image import metadata
 from yurt.record import Record
 
 LOCAL_SCHEMES = ("oci:", "oci-archive:", "docker-archive:")
@@ -102,11 +102,11 @@ def _pull_remote(ref_text: str, options: PullOptions, store) -> PullResult:
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     body, media_type, digest = client.get_manifest(ref.repository, ref.ref)
-    doc = _json(body, f"manifest of {ref}")
+    doc = metadata.parse_object(body, f"the manifest of {ref}")
     if media_type in INDEX_TYPES or doc.get("manifests") is not None:
         desc = resolve_platform(doc, arch=options.arch, variant=options.variant)
         body, media_type, digest = client.get_manifest(ref.repository, desc["digest"])
-        doc = _json(body, f"manifest of {ref}")
+        doc = metadata.parse_object(body, f"the manifest of {ref}")
     timings["manifest"] = time.monotonic() - t0
     store.set_ref(str(ref), digest, {"media_type": media_type})
     if ref.transport == "oras":
@@ -121,8 +121,8 @@ def _pull_remote(ref_text: str, options: PullOptions, store) -> PullResult:
     t0 = time.monotonic()
     downloaded = _fetch_blobs(client, ref.repository, [config_desc, *layers_desc], store, options)
     timings["download"] = time.monotonic() - t0
-    config = _json(store.blob_path(config_desc["digest"]).read_bytes(), f"config of {ref}")
-    from yurt.image.layers import Layer
+    config = metadata.parse_object(store.blob_path(config_desc["digest"]).read_bytes(), f"the config of {ref}")
+    from yurt.image.layer_blob import Layer
 
     layers = [Layer(path=store.blob_path(d["digest"]), media_type=d.get("mediaType", ""), digest=d["digest"])
               for d in layers_desc]
@@ -165,7 +165,7 @@ def _fetch_blobs(client, repository: str, descriptors: list[dict], store, option
 
 def _convert(store, manifest_digest: str, config: dict, layers: list, options: PullOptions,
              downloaded: int) -> PullResult:
-    from yurt.image.layers import layers_to_sif
+    from yurt.image.tar2sqfs import layers_to_sif
 
     final = store.sif_path(manifest_digest)
     if final.exists() and not options.force:
@@ -212,12 +212,3 @@ def _pull_oras(client, ref, manifest: dict, digest: str, options: PullOptions, s
     store.ensure_sif(digest, produce)
     return PullResult(final, digest, downloaded, False)
 
-
-def _json(raw: bytes, what: str) -> dict:
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        raise ImageError(f"the {what} is not valid JSON")
-    if not isinstance(doc, dict):
-        raise ImageError(f"the {what} is not a JSON object")
-    return doc

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -123,11 +122,11 @@ class _DigestingWriter:
         if compression == "gzip":
             self.gz = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: gzip container
         elif compression == "zstd":
-            zstd = shutil.which("zstd")
-            if zstd is None:
-                raise ImageError("zstd is not installed", "install zstd or push with --layer-compression gzip")
+            from yurt.programs import helper_env, require
+
+            zstd = require("zstd", "install zstd or push with --layer-compression gzip", ImageError)
             self.proc = subprocess.Popen([zstd, "-q", "-c", "-3", "-T0"], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE)
+                                         stdout=subprocess.PIPE, env=helper_env())
             import threading
 
             self.reader = threading.Thread(target=self._drain, daemon=True)
@@ -194,9 +193,9 @@ def _layer_from_sif(sif_path: Path, out: _DigestingWriter, tmp: Path) -> None:
     from yurt.image.source import open_image
 
     image = open_image(str(sif_path))
-    sqfs2tar = shutil.which("sqfs2tar")
-    if sqfs2tar is None:
-        raise ImageError("sqfs2tar is not installed", "install squashfs-tools-ng")
+    from yurt.programs import helper_env, require
+
+    sqfs2tar = require("sqfs2tar", "install squashfs-tools-ng", ImageError)
     part = tmp / "rootfs.sqfs"
     with open(sif_path, "rb") as src, open(part, "wb") as dst:
         src.seek(image.offset)
@@ -207,7 +206,8 @@ def _layer_from_sif(sif_path: Path, out: _DigestingWriter, tmp: Path) -> None:
                 raise ImageError(f"{sif_path} is truncated")
             dst.write(chunk)
             remaining -= len(chunk)
-    proc = subprocess.Popen([sqfs2tar, "--no-xattr", str(part)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sqfs2tar, "--no-xattr", str(part)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=helper_env())
     assert proc.stdout is not None
     for chunk in iter(lambda: proc.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
         out.write(chunk)

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import os
 
-from yurt.errors import UsageError
+from yurt.errors import UsageError, YurtError
+from yurt.readfile import MIB, read_file
 from yurt.runtime import gpu
-from yurt.runtime.hooks import STAGES as HOOK_STAGES
-from yurt.spec import ContainerSpec, Hook, Mount
+from yurt.spec import HOOK_STAGES, ContainerSpec, Hook, Mount
 
 DEFAULT_DIRS = ("/etc/cdi", "/var/run/cdi")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -82,10 +82,9 @@ def load_specs(dirs: list[str]) -> tuple[dict[str, tuple[str, dict]], list[str]]
             if not name.endswith((".json", ".yaml", ".yml")):
                 continue
             path = os.path.join(d, name)
-            try:
-                with open(path, encoding="utf-8") as f:
-                    doc = json.load(f)
-            except (OSError, ValueError):
+            try:  # bounded; a FIFO in a --cdi-dirs directory does not hang
+                doc = json.loads(read_file(path, "CDI spec", 16 * MIB))
+            except (YurtError, ValueError, RecursionError):
                 skipped.append(path)
                 continue
             kind = doc.get("kind") if isinstance(doc, dict) else None

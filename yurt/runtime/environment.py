@@ -31,13 +31,20 @@ ALWAYS_KEEP = ("TERM", "http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "al
 PATH_EDITS = ("PREPEND_PATH", "APPEND_PATH")
 
 
-def parse_env_file(path: str) -> dict[str, str]:
-    """Read ``K=V`` lines (``#`` comments, optional ``export``, quotes stripped)."""
-    from yurt.readfile import MIB, read_file, text
+ENV_FILE_LIMIT = 4 << 20
 
-    lines = text(read_file(path, "--env-file", MIB), path, "--env-file").splitlines()
+
+def parse_env_file(path: str) -> dict[str, str]:
+    """Read ``K=V`` lines (``#`` comments, optional ``export``, quotes stripped).
+
+    The file is the user's (a pipe such as ``<(...)`` works), but it must be UTF-8 text without
+    NUL bytes and at most 4 MiB (:mod:`yurt.readfile`, which also keeps a FIFO from hanging the
+    open): anything else is one UsageError naming the file and line.
+    """
+    from yurt.readfile import read_text
+
     out: dict[str, str] = {}
-    for n, raw in enumerate(lines, 1):
+    for n, raw in enumerate(read_text(path, "--env-file", ENV_FILE_LIMIT).split("\n"), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 
+from yurt.config import sysconf_path
 from yurt.errors import warn
 from yurt.record import Record
 from yurt.spec import ContainerSpec, Mount
@@ -89,9 +90,7 @@ def driver_root(env: dict[str, str] | None = None) -> str:
 
 def liblist_path(vendor: Vendor, env: dict[str, str]) -> str:
     """The site's list (``/etc/yurt/nvliblist.conf``...) when it has one, else the packaged default."""
-    from yurt.runtime.hooks import site_path
-
-    site = site_path(vendor.liblist, env)
+    site = sysconf_path(vendor.liblist, env)
     return site if os.path.isfile(site) else os.path.join(DATA_DIR, vendor.liblist)
 
 

@@ -13,8 +13,7 @@ import time
 
 from yurt import syscalls as sc
 from yurt.errors import RuntimeSetupError, one_line
-from yurt.runtime.hooks import STAGES
-from yurt.spec import ContainerSpec, Hook
+from yurt.spec import HOOK_STAGES, ContainerSpec, Hook
 
 STATUS = {"prestart": "creating", "createRuntime": "creating", "createContainer": "creating",
           "startContainer": "created", "poststart": "running", "poststop": "stopped"}
@@ -73,7 +72,7 @@ class HookRunner:
         import json
 
         self.spec = spec
-        self.hooks = {s: list(spec.hooks.get(s) or []) for s in STAGES}
+        self.hooks = {s: list(spec.hooks.get(s) or []) for s in HOOK_STAGES}
         self.json = json
         self.id = f"yurt-{os.getpid()}"
         self.bundle = ""
@@ -119,7 +118,7 @@ class HookRunner:
         try:
             code = self._supervise(pid, up_r, down_w, old_mask, supervisor)
         except BaseException as e:  # noqa: BLE001 - the supervisor must exit, never return into the CLI
-            os.write(2, f"yurt: error: hook supervisor failed: {e}\n".encode())
+            os.write(2, f"yurt: error: {one_line(f'hook supervisor failed: {e}')}\n".encode())
         finally:
             self._remove_bundle()
         os._exit(code)
@@ -134,7 +133,7 @@ class HookRunner:
                 err = self.run_stage("prestart", mask) or self.run_stage("createRuntime", mask)
                 if err:
                     failed = True
-                    os.write(2, f"yurt: error: {err}; the container was not started\n".encode())
+                    os.write(2, f"yurt: error: {one_line(err)}; the container was not started\n".encode())
                 _write_all(down, b"no\n" if err else b"ok\n")
             elif word == "exec":
                 started = True

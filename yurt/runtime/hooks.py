@@ -18,7 +18,10 @@ Built-in hooks
     ``yurt.mpi`` annotation says ``hybrid`` or ``host``) and
     ``yurt-infiniband.json`` (``/dev/infiniband`` and the verbs/libfabric
     providers, whenever the host has them).  They edit the ContainerSpec at
-    plan time (no process is started).  A file of the same name in a hooks
+    plan time (no process is started).  The runtime's own are :data:`BUILTINS`;
+    ``yurt-mpi.json`` belongs to the layer above (:mod:`yurt.hpc`), so the
+    command line hands it in (``integrate(integrations=...)``, from
+    :data:`yurt.cli.actions.INTEGRATIONS`): the runtime imports nothing above it.  A file of the same name in a hooks
     directory replaces one: e.g. a site that prefers the NVIDIA Container
     Toolkit writes ``/etc/yurt/hooks.d/yurt-nvidia.json`` with its
     ``nvidia-container-runtime-hook`` and ``"when": {"annotations":
@@ -63,12 +66,17 @@ from __future__ import annotations
 
 import os
 
+from yurt.config import sysconf_path
 from yurt.errors import UsageError
 from yurt.record import Record
+from yurt.spec import HOOK_STAGES as STAGES
 from yurt.spec import ContainerSpec, Hook
 
-STAGES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
-BUILTINS = ("yurt-infiniband.json", "yurt-mpi.json", "yurt-nvidia.json", "yurt-rocm.json")
+TYPE_CHECKING = False  # typing costs milliseconds on the exec path
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Builtin = Callable[[ContainerSpec, dict[str, str]], None]  # a built-in hook: edits the planned spec
 
 
 class HookDefinition(Record):
@@ -144,24 +152,41 @@ def matches(d: HookDefinition, args: list[str], annotations: dict[str, str], has
     return True
 
 
-SITE_CONFDIR = "/etc/yurt"
+# --- the runtime's own built-in hooks ----------------------------------------------------------
+#
+# A built-in hook is a function ``(spec, env) -> None`` that edits the planned ContainerSpec in the parent.
+# It reads what was asked for from the annotations integrate() set first (``yurt.nv``, ``yurt.rocm``,
+# ``yurt.mpi``), as a real hook's "when" condition would.  The layers above the runtime add their own through
+# ``integrate(integrations=...)``: the runtime imports none of them.
 
 
-def site_path(name: str, env: dict[str, str]) -> str:
-    """``/etc/yurt/NAME``; ``$YURT_SYSCONFDIR/NAME`` only while the real one does not exist.
+def _nvidia(spec: ContainerSpec, env: dict[str, str]) -> None:
+    if spec.annotations.get("yurt.nv") == "true":
+        from yurt.runtime import gpu
 
-    Tests and machines without a site configuration can point yurt elsewhere,
-    but a user cannot hide the site's own hooks or lists this way.
-    """
-    real = os.path.join(SITE_CONFDIR, name)
-    alt = env.get("YURT_SYSCONFDIR")
-    if alt and not os.path.exists(real):
-        return os.path.join(alt, name)
-    return real
+        gpu.apply_discovery(spec, gpu.discover(gpu.NVIDIA, env), gpu.driver_root(env))
+
+
+def _rocm(spec: ContainerSpec, env: dict[str, str]) -> None:
+    if spec.annotations.get("yurt.rocm") == "true":
+        from yurt.runtime import gpu
+
+        gpu.apply_discovery(spec, gpu.discover(gpu.ROCM, env), gpu.driver_root(env))
+
+
+def _infiniband(spec: ContainerSpec, env: dict[str, str]) -> None:
+    if os.path.isdir(os.path.join(env.get("YURT_DRIVER_ROOT") or "/", "dev/infiniband")):
+        from yurt.runtime import gpu
+
+        gpu.infiniband_edits(spec, env)
+
+
+BUILTINS: dict[str, Builtin] = {"yurt-infiniband.json": _infiniband, "yurt-nvidia.json": _nvidia,
+                                "yurt-rocm.json": _rocm}
 
 
 def site_dir(env: dict[str, str]) -> str:
-    return site_path("hooks.d", env)
+    return sysconf_path("hooks.d", env)
 
 
 def user_dir(env: dict[str, str]) -> str:
@@ -169,14 +194,14 @@ def user_dir(env: dict[str, str]) -> str:
     return os.path.join(config, "yurt", "hooks.d")
 
 
-def collect(site: str, user_dirs: list[str]) -> list[tuple[str, str | None]]:
+def collect(site: str, user_dirs: list[str], builtins=BUILTINS) -> list[tuple[str, str | None]]:
     """``(file name, path or None for a built-in)``, sorted as oci-hooks(5) orders injection.
 
     Site files mask the built-ins; user and ``--hooks-dir`` files mask the
     built-ins and each other (the last directory given wins) but never a
     site file.
     """
-    chosen: dict[str, str | None] = dict.fromkeys(BUILTINS)
+    chosen: dict[str, str | None] = dict.fromkeys(builtins)
     site_names: set[str] = set()
     for d, is_site in [(site, True)] + [(u, False) for u in user_dirs]:
         try:
@@ -195,23 +220,27 @@ def collect(site: str, user_dirs: list[str]) -> list[tuple[str, str | None]]:
 def load(path: str) -> HookDefinition:
     import json
 
+    from yurt.readfile import MIB, read_file
+
+    raw = read_file(path, "hook definition", MIB)  # bounded; a FIFO in a --hooks-dir does not hang
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except OSError as e:
-        raise UsageError(f"cannot read hook definition {path}: {e.strerror}")
-    except ValueError as e:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError included
         raise UsageError(f"bad hook definition {path}: not JSON ({e})")
     return parse_definition(doc, path)
 
 
 def integrate(spec: ContainerSpec, *, nv: bool = False, rocm: bool = False, mpi: str | None = None,
               devices: list[str] | None = None, cdi_dirs: list[str] | None = None, hooks_dirs: list[str] | None = None,
-              has_bind_mounts: bool = False, env: dict[str, str] | None = None, site=None) -> ContainerSpec:
+              has_bind_mounts: bool = False, env: dict[str, str] | None = None, site=None,
+              integrations: dict[str, Builtin] | None = None) -> ContainerSpec:
     """Add devices (CDI, built-in MPI/GPU/network integrations) and the matching OCI hooks to ``spec``.
 
     ``mpi``: None (not an MPI rank), ``hybrid`` (the image's MPI) or ``host`` (bind the host's).
+    ``integrations``: the built-in hooks of the layers above this one (``yurt-mpi.json`` of
+    :mod:`yurt.hpc`, handed in by the command line), added to the runtime's own :data:`BUILTINS`.
     """
+    builtins = {**BUILTINS, **integrations} if integrations else BUILTINS
     env = dict(os.environ) if env is None else env
     if mpi:
         spec.annotations["yurt.mpi"] = mpi
@@ -223,30 +252,17 @@ def integrate(spec: ContainerSpec, *, nv: bool = False, rocm: bool = False, mpi:
         from yurt.runtime import cdi
 
         cdi.apply(spec, devices, cdi.cdi_dirs(cdi_dirs), site)
-    for name, path in collect(site_dir(env), [user_dir(env), *(hooks_dirs or [])]):
+    for name, path in collect(site_dir(env), [user_dir(env), *(hooks_dirs or [])], builtins):
         if path is None:
-            _builtin(name, spec, env, nv=nv, rocm=rocm, mpi=mpi)
+            before = len(spec.mounts)
+            builtins[name](spec, env)
+            if site is not None:  # host files found through the user's PATH, YURT_DRIVER_ROOT, YURT_MPI_LIBRARY...
+                for m in spec.mounts[before:]:
+                    if m.kind == "bind" and m.source:
+                        site.check_bind(m.source, f"{name[len('yurt-'):-len('.json')]} integration bind")
             continue
         d = load(path)
         if matches(d, spec.process.args, spec.annotations, has_bind_mounts):
             for stage in d.stages:
                 spec.hooks.setdefault(stage, []).append(d.hook)
     return spec
-
-
-def _builtin(name: str, spec: ContainerSpec, env: dict[str, str], *, nv: bool, rocm: bool, mpi: str | None) -> None:
-    if name == "yurt-mpi.json":
-        if mpi:
-            from yurt.hpc import mpi as mpi_support
-
-            mpi_support.plan_edits(spec, env, host=mpi == "host")
-    elif name == "yurt-infiniband.json":
-        if os.path.isdir(os.path.join(env.get("YURT_DRIVER_ROOT") or "/", "dev/infiniband")):
-            from yurt.runtime import gpu
-
-            gpu.infiniband_edits(spec, env)
-    elif (name == "yurt-nvidia.json" and nv) or (name == "yurt-rocm.json" and rocm):
-        from yurt.runtime import gpu
-
-        vendor = gpu.NVIDIA if nv and name == "yurt-nvidia.json" else gpu.ROCM
-        gpu.apply_discovery(spec, gpu.discover(vendor, env), gpu.driver_root(env))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 from yurt.errors import RuntimeSetupError
-from yurt.image.rootfs import which
+from yurt.programs import find, helper_env
 from yurt.spec import IDMapping
 
 
@@ -47,7 +47,7 @@ def fakeroot_maps(uid: int, gid: int, user: str, use_subid: bool = True) -> tupl
     """Maps for ``--fakeroot``; the bool says whether newuidmap/newgidmap are needed."""
     sub_u = subid_range("/etc/subuid", user, uid) if use_subid else None
     sub_g = subid_range("/etc/subgid", user, uid) if use_subid else None
-    if sub_u and sub_g and which("newuidmap") and which("newgidmap"):
+    if sub_u and sub_g and find("newuidmap") and find("newgidmap"):
         return (
             [IDMapping(0, uid, 1), IDMapping(1, sub_u[0], sub_u[1])],
             [IDMapping(0, gid, 1), IDMapping(1, sub_g[0], sub_g[1])],
@@ -89,6 +89,9 @@ class NewIdMapHelper:
 
     def __init__(self, uids: list[IDMapping], gids: list[IDMapping]) -> None:
         self.parent = os.getpid()
+        # Found (site helper directories under a policy) before the fork: the child only runs them.
+        self.tools = {tool: find(tool) for tool in ("newuidmap", "newgidmap")}
+        self.env = helper_env() or dict(os.environ)
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # helper
@@ -104,12 +107,15 @@ class NewIdMapHelper:
         self.pid, self.go = pid, w
 
     def _run(self, tool: str, maps: list[IDMapping]) -> bool:
+        path = self.tools[tool]
+        if path is None:
+            return False
         args = [tool, str(self.parent)]
         for m in maps:
             args += [str(m.container_id), str(m.host_id), str(m.size)]
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
-        pid = os.posix_spawnp(tool, args, dict(os.environ))
+        pid = os.posix_spawn(path, args, self.env)
         return os.waitpid(pid, 0)[1] == 0
 
     def finish(self) -> bool:

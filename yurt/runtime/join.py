@@ -29,7 +29,10 @@ exits, which takes the container down (mounts, squashfuse).  A rank arriving mea
 the lock and starts a new holder.
 
 State directory (:func:`state_dir`): ``$YURT_RUNTIMEDIR``, else ``$XDG_RUNTIME_DIR/yurt``, else
-``/tmp/yurt-<uid>``; mode 0700, owned by the user (checked, never followed through a symlink).
+``/tmp/yurt-<uid>``; mode 0700, owned by the user (checked, never followed through a symlink).  One that
+another user planted (a link, their directory, a file) is not used: yurt falls back to a private
+``/tmp/yurt-<uid>-<random>`` that every process of the user finds, with one notice
+(:func:`yurt.store.userdir.own_dir`).
 """
 
 from __future__ import annotations
@@ -63,9 +66,9 @@ HOLDER_POLL_S = 0.5
 
 
 def _private_dir(path: str) -> str:
-    from yurt.image.rootfs import private_dir
+    from yurt.store.userdir import own_dir
 
-    return private_dir(path, "set YURT_RUNTIMEDIR to a private directory")
+    return own_dir(path, "set YURT_RUNTIMEDIR to a private directory")
 
 
 def state_dir(*sub: str) -> str:

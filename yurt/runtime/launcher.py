@@ -115,11 +115,8 @@ class _ExecPlan:
                 raise RuntimeSetupError(f"--fake-ownership is not supported on {os.uname().machine}")
         if spec.extras.debug:
             import traceback  # noqa: F401 - loaded now for error reports after the pivot
-        self.mpi_check = None  # --mpi=host: the image's MPI ABI against the host's (yurt.hpc.mpi)
-        if "yurt.mpi.host" in spec.annotations:
-            from yurt.hpc.mpi import container_check
-
-            self.mpi_check = container_check(spec.annotations["yurt.mpi.host"])
+        # Made by the planner (e.g. --mpi=host: the image's MPI ABI against the host's, yurt.hpc.mpi).
+        self.container_checks = list(spec.extras.container_checks)
         self.hooks = None
         self.before_pivot = None
         if spec.hooks:
@@ -164,8 +161,8 @@ def exec_payload(spec: ContainerSpec, plan: _ExecPlan, old_mask: set[int] | None
         if spec.hostname and spec.has(NS_UTS):
             sc.sethostname(spec.hostname)
         _enter_cwd(proc.cwd, proc.fallback_cwd)
-        if plan.mpi_check is not None:
-            plan.mpi_check()
+        for check in plan.container_checks:
+            check()
         args = _final_args(spec, plan)
         if old_mask is not None:  # only set under a PID namespace, where supervisor is loaded
             from yurt.runtime import supervisor

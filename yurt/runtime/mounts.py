@@ -12,7 +12,10 @@ container's mount namespace can see):
    missing and nothing writable, the image is simply bound.
 4. Each planned mount is made, in plan order, on a destination resolved
    inside the new root (symlinks cannot lead out of it) and opened
-   ``O_NOFOLLOW`` so it cannot be swapped underneath us.
+   ``O_NOFOLLOW`` so it cannot be swapped underneath us.  Kernel file
+   systems and ``/tmp`` are never mounted through a symlink of the image, and
+   no symlink may lead a mount onto ``/proc``, ``/sys``, ``/dev`` or ``/``
+   (:func:`check_destination`).
 5. ``pivot_root`` into the new root and detach the host's tree.
 
 Every step fails loudly with the mount it was doing.
@@ -24,15 +27,47 @@ import os
 import stat
 
 from yurt import syscalls as sc
-from yurt.errors import RuntimeSetupError, os_error_text
+from yurt.errors import ImageError, RuntimeSetupError, os_error_text
+from yurt.image import inroot
 from yurt.image.rootfs import DirectoryRootfs, Rootfs
 from yurt.runtime import devices, passwd
-from yurt.runtime.paths import EscapeError, host_path, open_in_root, resolve_in_root
+from yurt.runtime.paths import EscapeError, host_path, resolve_in_root, split
 from yurt.spec import NS_IPC, NS_USER, ContainerSpec, Mount
 
 SESSION_PLACEHOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "session")
 ALWAYS_DIR_KINDS = ("tmpfs", "proc", "sysfs", "devpts", "mqueue", "devdir")
 FILE_KINDS = ("file", "passwd", "group")
+# runc's rule after CVE-2019-16884 and CVE-2019-19921: a kernel file system goes on the image's own
+# directory, never where a symlink of the image points; Apptainer refuses a symlinked /tmp as well.
+KERNEL_KINDS = ("proc", "sysfs", "devpts", "mqueue", "devdir")
+NO_LINK_DESTINATIONS = ("/proc", "/sys", "/dev", "/tmp")
+KERNEL_TREES = ("/proc", "/sys")
+
+
+def check_destination(m: Mount, existing: str, missing: list[str]) -> bool:
+    """Whether to make ``m`` where :func:`resolve_in_root` led (``existing`` + ``missing``); False: skip it.
+
+    Raises RuntimeSetupError for an image that redirects a mount with a symlink: ``/proc``, ``/sys``,
+    ``/dev`` or ``/tmp`` (or any kernel file system's destination) that is a link, or a link that
+    leads another mount onto ``/``, ``/dev``, or into ``/proc`` or ``/sys`` (over the kernel's files).
+    A ``/var/tmp`` that links into ``/tmp`` is the image's choice and is left alone: ``/tmp`` is
+    mounted already.  Other links stay in the image's root and are followed, as in Apptainer.
+    """
+    wanted = "/" + "/".join(split(m.destination))
+    resolved = "/" + "/".join([*split(existing), *missing])
+    if resolved == wanted:
+        return True
+    what = {"devdir": "a minimal /dev", "bind": f"the host's {m.source}"}.get(
+        m.kind, f"the kernel's {m.kind} file system" if m.kind in KERNEL_KINDS else f"a {m.kind}")
+    if wanted in NO_LINK_DESTINATIONS or m.kind in KERNEL_KINDS:
+        raise RuntimeSetupError(f"the image's {wanted} is a symbolic link (to {resolved}): refusing to mount "
+                                f"{what} through it", f"the image needs a real {wanted} directory")
+    if wanted == "/var/tmp" and (resolved == "/tmp" or resolved.startswith("/tmp/")):
+        return False
+    if resolved in ("/", "/dev") or any(resolved == t or resolved.startswith(t + "/") for t in KERNEL_TREES):
+        raise RuntimeSetupError(f"a symbolic link in the image leads the mount for {wanted} to {resolved}: "
+                                "refusing to mount over the kernel's files", "remove the link from the image")
+    return True
 
 
 def session_base() -> str:
@@ -141,7 +176,7 @@ class MountExecutor:
     def add_mountpoint(self, image_dir: str, lower: str, m: Mount) -> bool:
         """Create ``m.destination`` in the layer above the image if the image lacks it."""
         existing, missing = resolve_in_root(image_dir, m.destination)
-        if not missing:
+        if not missing or not check_destination(m, existing, missing):
             return False
         parts = [p for p in existing.split("/") if p]
         for i in range(len(parts)):  # mirror existing parents so the overlay keeps their modes
@@ -181,6 +216,9 @@ class MountExecutor:
                 return
             raise RuntimeSetupError(f"bind source {m.source} does not exist on the host")
         existing, missing = resolve_in_root(self.final, m.destination)
+        if not check_destination(m, existing, missing):
+            self.log(f"skip {m.destination}: the image links it to {existing}")
+            return
         if missing:
             if m.optional:
                 return
@@ -243,20 +281,13 @@ class MountExecutor:
         return passwd.group_with_user(current, name=opts["name"], gid=gid, group_name=opts["group"])
 
     def _read_in_root(self, dest: str) -> bytes | None:
+        """The image's own file at ``dest`` (a link within the image followed), or None when unusable."""
         try:
-            fd = open_in_root(self.final, dest)
-        except OSError:
+            existing, missing = resolve_in_root(self.final, dest)
+            return None if missing else inroot.read_file(self.final, existing, passwd.MAX_SIZE)
+        except (OSError, ImageError) as e:
+            self.log(f"not using the image's {dest}: {e}")
             return None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            with open(f"/proc/self/fd/{fd}", "rb") as f:
-                return f.read(passwd.MAX_SIZE)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
 
     def bind_generated(self, content: bytes, target: str, path: str, m: Mount) -> None:
         files = os.path.join(self.base, "files")

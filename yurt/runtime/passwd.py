@@ -36,7 +36,7 @@ def group_with_user(image_group: bytes | None, *, name: str, gid: int, group_nam
     out = []
     for line in _lines(image_group):
         fields = line.split(":")
-        if len(fields) >= 4 and fields[2].isdigit() and int(fields[2]) in wanted:
+        if len(fields) >= 4 and fields[2].isascii() and fields[2].isdigit() and int(fields[2]) in wanted:
             members = [m for m in fields[3].split(",") if m]
             if name not in members:
                 members.append(name)

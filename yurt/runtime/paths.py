@@ -6,7 +6,8 @@ and ``/data`` one to ``/``.  Mount destinations are therefore resolved the way
 *relative to the container root*, ``..`` never climbs above it, and the result
 is a path with no symlinks left, which the kernel will resolve exactly as we
 did.  The caller then opens the final component with ``O_NOFOLLOW`` and mounts
-through ``/proc/self/fd/N`` so even a race cannot redirect the mount.
+through ``/proc/self/fd/N`` so even a race cannot redirect the mount, or reads
+it with :func:`yurt.image.inroot.read_file`, which follows no link at all.
 """
 
 from __future__ import annotations
@@ -83,10 +84,3 @@ def host_path(root: str, container_path: str) -> str:
     """Join an already-resolved container path onto the host root."""
     return os.path.join(root, *split(container_path)) if split(container_path) else root
 
-
-def open_in_root(root: str, path: str) -> int:
-    """Open an existing container path as an ``O_PATH`` fd, never leaving the root."""
-    existing, missing = resolve_in_root(root, path)
-    if missing:
-        raise FileNotFoundError(2, f"{path} does not exist in the container")
-    return os.open(host_path(root, existing), os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)

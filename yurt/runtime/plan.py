@@ -46,14 +46,15 @@ class ActionRequest(Record):
                  "ipc", "net", "uts", "hostname", "cleanenv", "env", "env_file", "fakeroot", "writable_tmpfs",
                  "writable_tmpfs_size", "overlays", "workdir", "shell", "no_init", "ignore_subuid", "writable",
                  "fake_ownership", "app", "debug", "site", "image_ref", "nv", "rocm", "devices", "cdi_dirs",
-                 "hooks_dirs", "mpi", "run_as", "image_tmp")
+                 "hooks_dirs", "mpi", "run_as", "image_tmp", "integrations")
     _defaults = {"args": list, "binds": list, "home": None, "no_home": False, "pwd": None, "contain": False,
                  "containall": False, "pid": False, "ipc": False, "net": False, "uts": False, "hostname": None,
                  "cleanenv": False, "env": list, "env_file": None, "fakeroot": False, "writable_tmpfs": False,
                  "writable_tmpfs_size": 64, "overlays": list, "workdir": None, "shell": None, "no_init": False,
                  "ignore_subuid": False, "writable": False, "fake_ownership": False, "app": None,
                  "debug": False, "site": True, "image_ref": None, "nv": False, "rocm": False, "devices": list,
-                 "cdi_dirs": list, "hooks_dirs": list, "mpi": None, "run_as": None, "image_tmp": False}
+                 "cdi_dirs": list, "hooks_dirs": list, "mpi": None, "run_as": None, "image_tmp": False,
+                 "integrations": dict}
     action: str  # exec | run | shell
     image: Image
     args: list[str]
@@ -96,6 +97,9 @@ class ActionRequest(Record):
     mpi: str | None  # --mpi: None/hybrid (the image's MPI), host (bind the host's), none (no MPI help)
     run_as: list[int] | None  # build steps (Dockerfile USER): [uid, gid, *groups] inside a fakeroot namespace
     image_tmp: bool  # build steps: /tmp and /var/tmp are the image's own (what RUN writes there stays in it)
+    # Built-in hooks of the layers above the runtime (yurt-mpi.json: yurt.hpc), added to the runtime's own
+    # (yurt.runtime.hooks.BUILTINS); the command line hands them in, so the runtime imports nothing above it.
+    integrations: dict
 
 
 class Bind(Record):
@@ -138,6 +142,27 @@ def parse_binds(items: list[str]) -> list[Bind]:
                 raise UsageError(f"bind destination {dst!r} must be an absolute path")
             out.append(Bind(_normalise(src), _normalise(dst), opt == "ro"))
     return out
+
+
+# Binds that would hide the kernel's file systems are refused (runc, Apptainer): at /, /proc, /sys and
+# /dev, and anywhere below /proc or /sys except the /proc files runc lets lxcfs replace.  Below /dev
+# (/dev/shm, /dev/infiniband, GPU nodes) is legitimate and stays allowed.
+PROTECTED_DESTINATIONS = ("/", "/proc", "/sys", "/dev")
+KERNEL_TREES = ("/proc", "/sys")
+LXCFS_PROC_FILES = ("/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat", "/proc/swaps",
+                    "/proc/uptime", "/proc/loadavg", "/proc/slabinfo", "/proc/net/dev",
+                    "/proc/sys/kernel/ns_last_pid")
+
+
+def check_bind_destination(destination: str, what: str = "bind destination") -> None:
+    """UsageError when a user's bind (or ``--home``) would go over ``/``, ``/proc``, ``/sys`` or ``/dev``."""
+    dst = _normalise(destination)
+    if dst in PROTECTED_DESTINATIONS:
+        hidden = "the whole image" if dst == "/" else f"the kernel's {dst}"
+        raise UsageError(f"{what} {dst} would hide {hidden}", "choose another destination")
+    if dst not in LXCFS_PROC_FILES and any(dst.startswith(t + "/") for t in KERNEL_TREES):
+        raise UsageError(f"{what} {dst} would hide files of the kernel's {dst.split('/')[1]} file system",
+                         "choose another destination")
 
 
 def _normalise(path: str) -> str:
@@ -204,6 +229,7 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None, c
         home_dst = dst or home_src
         if not home_dst.startswith("/"):
             raise UsageError(f"--home destination {home_dst!r} must be absolute")
+        check_bind_destination(home_dst, "--home destination")
 
     mounts: list[Mount] = []
     # 1. /dev
@@ -248,6 +274,8 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None, c
                         optional=True))
     # 7. site and user binds, parents before children (a user bind replaces a site bind to the same place)
     binds = parse_binds(req.binds)
+    for b in binds:
+        check_bind_destination(b.destination)
     if site is not None:
         for b in binds:
             site.check_bind(b.source, "bind source")
@@ -336,7 +364,8 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None, c
     from yurt.runtime.hooks import integrate  # MPI, GPUs, CDI devices, network, OCI hooks
 
     return integrate(spec, nv=req.nv, rocm=req.rocm, mpi=mpi, devices=req.devices, cdi_dirs=req.cdi_dirs,
-                     hooks_dirs=req.hooks_dirs, has_bind_mounts=bool(req.binds), env=host_env, site=site)
+                     hooks_dirs=req.hooks_dirs, has_bind_mounts=bool(req.binds), env=host_env, site=site,
+                     integrations=req.integrations)
 
 
 # The host's own system trees are never bound over the image's as "the working directory":
@@ -367,7 +396,8 @@ def _site_binds(site, taken: set[str]) -> list[Bind]:
 
 def _check_image(req: ActionRequest, site) -> None:
     """The site's image location/owner rules, on what the user named (a registry image is checked by the
-    registry policy when it is pulled; an ``oci:``/archive source by its path)."""
+    registry policy when it is pulled; an ``oci:``/archive source by its path; an image named by path on
+    the descriptor open_image opened, which is what runs)."""
     if site.allowed_image_paths is None and site.allowed_image_owners is None:
         return
     ref = req.image_ref or req.image.path
@@ -376,8 +406,9 @@ def _check_image(req: ActionRequest, site) -> None:
     if ref.startswith(("oci:", "oci-archive:", "docker-archive:")):
         from yurt.image.oci_local import parse_source
 
-        ref = parse_source(ref)[1]
-    site.check_image(ref)
+        site.check_image(parse_source(ref)[1])
+        return
+    site.check_image(ref, req.image.fd)
 
 
 def _host_cwd() -> str | None:
@@ -392,8 +423,8 @@ def _image_config(req: ActionRequest) -> tuple[dict[str, str], list[str] | None,
     cfg = req.image.oci_config() or {}
     env: dict[str, str] = {}
     for item in cfg.get("Env") or []:
-        k, sep, v = str(item).partition("=")
-        if sep:
+        k, sep, v = item.partition("=")
+        if sep and k:  # execve refuses an empty name
             env[k] = v
     entry = list(cfg.get("Entrypoint") or [])
     cmd = list(cfg.get("Cmd") or [])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,7 +54,7 @@ def acquire(path: str | os.PathLike[str], *, shared: bool = False, timeout: floa
     deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
     operation = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = _open_lock_file(path)
         try:
             _flock(fd, operation, deadline, timeout, path, what)
             # Whoever deleted the lock file held it: our inode is orphaned, lock the new one.
@@ -63,6 +64,34 @@ def acquire(path: str | os.PathLike[str], *, shared: bool = False, timeout: floa
             os.close(fd)
             raise
         os.close(fd)
+
+
+def _open_lock_file(path: str) -> int:
+    """The lock file, opened without following a symbolic link and without blocking (a FIFO planted in its
+    place would otherwise hang the open); anything but a regular file of ours is removed and replaced."""
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY,
+                         0o600)
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EACCES):
+                raise
+            why = e.strerror
+        else:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid():
+                return fd
+            os.close(fd)
+            why = "not a regular file of yours"
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+        except OSError as e:
+            raise RuntimeSetupError(f"lock file {path} cannot be used ({why}) nor removed: {e.strerror}",
+                                    "remove it, or point yurt's cache or runtime directory elsewhere")
+    raise RuntimeSetupError(f"lock file {path} keeps being replaced", "check who else writes to its directory")
 
 
 def try_lock(path: str | os.PathLike[str], *, shared: bool = False) -> int | None:

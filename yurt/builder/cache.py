@@ -22,7 +22,7 @@ unpacked into a fresh sandbox.
 
 In a subuid build the tree belongs to ids the builder cannot read outside the user
 namespace, so scanning, writing layers and unpacking run through the build's
-:class:`yurt.build.executor.Runner`; these functions take only paths so they can run in a
+:class:`yurt.builder.runner.Runner`; these functions take only paths so they can run in a
 forked child.
 
 Entries are written whole or not at all (:meth:`yurt.store.cache.Store.ensure`), listed and
@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 from yurt.errors import BuildError
+from yurt.programs import require
 
 FORMAT = 1
 LAYER = "layer.tar"
@@ -157,7 +158,8 @@ def _write_tar(root: str, layer_path: str, changed: list[str], whiteouts: list[s
             os.fsync(out.fileno())
             return
         listing = "\0".join(changed).encode() + b"\0"
-        proc = subprocess.run(["tar", "--create", "--file=-", f"--directory={root}", "--no-recursion", "--null",
+        proc = subprocess.run([require("tar", None, BuildError), "--create", "--file=-", f"--directory={root}",
+                               "--no-recursion", "--null",
                                "--files-from=-", "--numeric-owner", "--format=posix", "--xattrs",
                                "--pax-option=delete=atime,delete=ctime"],
                               input=listing, stdout=out, stderr=subprocess.PIPE)
@@ -171,12 +173,14 @@ def restore(layer_paths: list[str], dest: str) -> None:
     """Unpack the merged layers into the new directory ``dest`` (owners kept when we are root here)."""
     import tempfile
 
-    from yurt.image.layers import Layer, write_merged_tar
+    from yurt.image.layer_blob import Layer
+    from yurt.image.layers import write_merged_tar
 
     os.mkdir(dest, 0o755)
     owner = ["--same-owner", "--numeric-owner"] if os.geteuid() == 0 else ["--no-same-owner"]
     with tempfile.TemporaryFile() as errors:  # not a pipe: tar's complaints must never block the stream
-        proc = subprocess.Popen(["tar", "--extract", "--file=-", f"--directory={dest}", "--preserve-permissions",
+        tar = require("tar", None, BuildError)
+        proc = subprocess.Popen([tar, "--extract", "--file=-", f"--directory={dest}", "--preserve-permissions",
                                  "--xattrs", "--xattrs-include=*", *owner], stdin=subprocess.PIPE, stderr=errors)
         assert proc.stdin is not None
         try:

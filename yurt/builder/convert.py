@@ -1,6 +1,6 @@
 """Definition file -> Dockerfile, for what both formats can express.
 
-The other direction is :func:`yurt.build.dockerfile.to_deffile`.  Anything
+The other direction is :func:`yurt.builder.dockerfile_convert.to_deffile`.  Anything
 without an equivalent (``%setup`` runs on the host, ``%test``, non-docker
 bootstrap agents, shell logic in ``%environment``) is written as a comment and
 reported as a warning, never silently dropped.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 
-from yurt.build.deffile import Definition
+from yurt.builder.deffile_model import Definition
 
 _EXPORT = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 # Values Docker's ENV can take over: plain words, quoted strings, $NAME/${NAME} references (ENV expands

@@ -52,7 +52,7 @@ def identity(definition, recipe_dir: str, pull_options, mode: str) -> dict:
     content is not pinned).  ``mode`` (root, subuid, single) is part of it: it decides who
     owns the files.
     """
-    from yurt.build.cache import file_digest, tree_digest
+    from yurt.builder.cache import file_digest, tree_digest
 
     agent = definition.bootstrap
     out: dict = {"agent": agent, "from": definition.source, "mode": mode,
@@ -115,6 +115,9 @@ def copy_tree(argv: list[str], what: str) -> None:
     """Run a ``cp`` command (errors shown); a device node it may not create (EPERM) is no failure."""
     import subprocess
 
+    from yurt.programs import require
+
+    argv = [require(argv[0], None, BuildError), *argv[1:]]
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
     except OSError as e:
@@ -219,7 +222,7 @@ def _unpack(image, name: str, dest: str, runner) -> Bootstrapped:
         raise BuildError(f"{name} is not a SIF, squashfs or directory image")
     from yurt.image.squashfs import unsquashfs_extract
 
-    runner.call(unsquashfs_extract, image.path, image.offset, dest)
+    runner.call(unsquashfs_extract, image.path, image.offset, dest, image_fd=image.fd)
     config = image.oci_config()
     return Bootstrapped(oci_config=config if isinstance(config, dict) else None, description=f"unpacked {name}")
 
@@ -267,12 +270,13 @@ def _oci(definition, dest: str, runner, recipe_dir: str, pull_options) -> Bootst
 
 
 def _debootstrap(definition, dest: str) -> Bootstrapped:
-    import shutil
     import subprocess
 
     if os.geteuid() != 0:
         raise BuildError("Bootstrap: debootstrap needs root (use a docker/localimage bootstrap, or build as root)")
-    tool = shutil.which("debootstrap")
+    from yurt.programs import find
+
+    tool = find("debootstrap")
     if tool is None:
         raise BuildError("Bootstrap: debootstrap needs the debootstrap program", "apt-get install debootstrap")
     version = definition.header["osversion"].strip()

@@ -28,7 +28,8 @@ import os
 import stat
 import time
 
-from yurt.errors import BuildError
+from yurt.errors import BuildError, ImageError, warn
+from yurt.image import inroot, metadata
 from yurt.runtime.environment import sh_quote
 from yurt.runtime.paths import EscapeError, host_path, resolve_in_root
 
@@ -110,26 +111,30 @@ def write_file(root: str, path: str, data: str | bytes, mode: int = 0o644) -> st
     return target
 
 
-def read_file(root: str, path: str, limit: int = 4 << 20) -> bytes | None:
-    """Content of the container file ``path`` (resolved inside ``root``), or None when it is not a file."""
+def read_file(root: str, path: str, limit: int = inroot.LIMIT, *, follow_links: bool = False) -> bytes | None:
+    """Content of the container file ``path``, or None when the image has none.
+
+    Read inside ``root`` by :func:`yurt.image.inroot.read_file`: a regular file, at most ``limit``
+    bytes.  Metadata files are read where they are (no link followed); ``follow_links`` first
+    resolves the path inside ``root`` (``/etc/passwd`` may be a link within the image).  Anything
+    hostile is a BuildError naming the file.
+    """
     try:
-        existing, missing = resolve_in_root(root, path)
-    except EscapeError:
-        return None
-    if missing:
-        return None
-    target = host_path(root, existing)
-    try:
-        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read(limit)
-    finally:
-        os.close(fd)
+        if follow_links:
+            existing, missing = resolve_in_root(root, path)
+            if missing:
+                return None
+            path = existing
+        return inroot.read_file(root, path, limit, where="the image")
+    except EscapeError as e:
+        raise BuildError(f"cannot read {path} in the image: {e.strerror}")
+    except ImageError as e:
+        raise BuildError(e.message)
+
+
+def _present(root: str, path: str) -> bool:
+    """Whether the image has something (a link included) at ``path``; its parent is made if missing."""
+    return os.path.lexists(in_root(root, path))
 
 
 def _symlink(root: str, path: str, target: str) -> None:
@@ -191,13 +196,13 @@ def prepare_base(root: str, *, oci_config: dict | None = None, oci_image: bool =
         target = in_root(root, path)
         if not os.path.lexists(target):
             write_file(root, path, b"", 0o644)
-    if read_file(root, f"{ENV_DIR}/01-base.sh") is None:
+    if not _present(root, f"{ENV_DIR}/01-base.sh"):
         write_file(root, f"{ENV_DIR}/01-base.sh", BASE_ENV, 0o755)
     if oci_config is not None:
         write_file(root, DOCKER_ENV, docker_env_script(oci_config), 0o755)
         write_file(root, f"{META}/oci-config.json", json.dumps(oci_config, indent=2, sort_keys=True) + "\n")
         runscript = docker_runscript(oci_config)
-        if runscript is not None and (oci_image or read_file(root, RUNSCRIPT) is None):
+        if runscript is not None and (oci_image or not _present(root, RUNSCRIPT)):
             write_file(root, RUNSCRIPT, runscript, 0o755)
     _symlink(root, "/singularity", ".singularity.d/runscript")
     _symlink(root, "/environment", ".singularity.d/env/90-environment.sh")
@@ -234,17 +239,15 @@ def build_labels(bootstrap: str, source: str | None, *, help_text: bool, version
 
 
 def inherited_labels(root: str) -> dict[str, str]:
-    """The labels the base image already had (its ``labels.json``)."""
-    raw = read_file(root, f"{META}/labels.json", 1 << 20)
+    """The labels the base image already had (its ``labels.json``); bad ones are a warning, not a failure."""
+    raw = read_file(root, f"{META}/labels.json")
     if not raw:
         return {}
     try:
-        doc = json.loads(raw)
-    except ValueError:
+        return metadata.labels(raw, f"the base image's {META}/labels.json")
+    except ImageError as e:
+        warn(f"{e.message}; its labels are not inherited")
         return {}
-    if not isinstance(doc, dict):
-        return {}
-    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in doc.items()}
 
 
 def write_metadata(root: str, definition, *, deffile_text: str, labels: dict[str, str]) -> None:
@@ -280,7 +283,7 @@ def write_metadata(root: str, definition, *, deffile_text: str, labels: dict[str
 
 def _record_deffile(root: str, text: str) -> None:
     """``/.singularity.d/Singularity``; the base image's own definition moves to ``bootstrap_history/``."""
-    old = read_file(root, f"{META}/Singularity")
+    old = read_file(root, f"{META}/Singularity", 4 << 20)
     if old is not None:
         history = ensure_dir(root, f"{META}/bootstrap_history")
         n = 0

@@ -1,8 +1,8 @@
 """``yurt build --dockerfile``: run a Dockerfile, instruction by instruction, without root, and pack a SIF.
 
-The Dockerfile is parsed by :mod:`yurt.build.dockerfile` (Docker's rules for ARG, ENV,
+The Dockerfile is parsed by :mod:`yurt.builder.dockerfile` (Docker's rules for ARG, ENV,
 substitution, stages).  Only the stages the target needs are built (the last stage, or
-``--target``), as BuildKit does.  Each stage is a :class:`yurt.build.executor.Tree`, so every
+``--target``), as BuildKit does.  Each stage is a :class:`yurt.builder.buildtree.Tree`, so every
 instruction that changes the tree is one cached step:
 
 * ``FROM image``: pulled through the registry client (its manifest digest keys the step) and
@@ -18,7 +18,7 @@ instruction that changes the tree is one cached step:
   inside it, so neither a hostile archive nor a symlink in the base image leads out.
 * ``WORKDIR`` creates the directory.  ``ENV``, ``ARG``, ``LABEL``, ``USER``, ``CMD``,
   ``ENTRYPOINT``, ``SHELL``, ``EXPOSE``, ``VOLUME``, ``STOPSIGNAL``, ``HEALTHCHECK`` change only
-  the image config (:func:`yurt.build.dockerfile.image_config`), which is part of the keys
+  the image config (:func:`yurt.builder.dockerfile_config.image_config`), which is part of the keys
   of the steps after them.
 
 The result carries the image config as the SIF's ``oci-config.json`` object, so ``yurt run``
@@ -33,6 +33,11 @@ steps run as root, with a warning.
 Not done, with a warning: ``RUN --mount``/``--network``/``--security`` (the step runs
 without them), ``ONBUILD`` triggers of a base image, ``FROM --platform`` other than the
 host's.  Refused: ``ADD`` of git repositories, heredocs.
+
+The plain functions these steps run on the tree (COPY's placement, ADD's archives, the ids of
+``USER`` and ``--chown``) are in :mod:`yurt.builder.dockertree`; the machinery shared with the
+definition-file build in :mod:`yurt.builder.runner`, :mod:`yurt.builder.buildtree`,
+:mod:`yurt.builder.workspace` and :mod:`yurt.builder.sandboxfiles`.
 """
 
 from __future__ import annotations
@@ -42,28 +47,28 @@ import os
 import shutil
 import tempfile
 
-from yurt.build import agents, layout
-from yurt.build import dockerfile as df
-from yurt.build.executor import (
-    SINGLE,
-    BuildState,
-    Runner,
-    Tree,
-    _copy_to,
-    _exit_text,
-    _say,
-    check_output,
-    default_compression,
-    existing_in_root,
-    finish,
-    glob_in_root,
-    in_workspace,
-    open_cache,
-    run_in_container,
-    single_id_extras,
+from yurt.builder import agents, layout
+from yurt.builder import dockerfile as df
+from yurt.builder.buildtree import BuildState, Tree, finish
+from yurt.builder.dockerfile_args import _clean, _host_platform, _workdir
+from yurt.builder.dockerfile_config import image_config
+from yurt.builder.dockerfile_context import _URL, Matcher, _has_magic, copy_sources, load_dockerignore
+from yurt.builder.dockertree import (
+    _lookup_ids,
+    _make_dir,
+    _parse_chmod,
+    _user_ids,
+    extract_archive,
+    is_archive,
+    place,
 )
+from yurt.builder.executor import RECIPE_LIMIT
+from yurt.builder.runner import SINGLE, Runner, _exit_text, _say, run_in_container, single_id_extras
+from yurt.builder.sandboxfiles import existing_in_root, glob_in_root
+from yurt.builder.workspace import check_output, default_compression, in_workspace, open_cache
 from yurt.errors import BuildError, YurtError, warn
-from yurt.runtime.paths import EscapeError, host_path, resolve_in_root
+from yurt.readfile import read_text
+from yurt.runtime.paths import host_path, resolve_in_root
 
 DOCKERFILE_NAMES = ("Dockerfile", "Containerfile")
 
@@ -74,170 +79,12 @@ def is_dockerfile(path: str) -> bool:
     return any(name == n or name.startswith(n + ".") or name.endswith("." + n) for n in DOCKERFILE_NAMES)
 
 
-# -- copying into the tree (run through the Runner: these take only plain values) -----------------------
-
-
-def place(sources: list[tuple[str, bool]], root: str, dest: str, into_dir: bool, owner: tuple[int, int] | None,
-          chmod: int | None) -> None:
-    """Copy host ``sources`` (``(path, copy its content)``) to the container path ``dest`` as COPY does.
-
-    One plain source and ``dest`` not ending in ``/`` (``into_dir`` false): ``dest`` is the
-    file, or an existing directory receives it.  Otherwise ``dest`` is a directory.  Then the
-    copies get ``owner`` and ``chmod``.
-    """
-    copied: list[str] = []
-    if len(sources) == 1 and not sources[0][1] and not into_dir:
-        src = sources[0][0]
-        target = dest
-        try:
-            existing, missing = resolve_in_root(root, dest)
-        except EscapeError as e:
-            raise BuildError(f"cannot copy to {dest}: {e.strerror}")
-        if not missing and os.path.isdir(host_path(root, existing)) and not os.path.islink(host_path(root, existing)):
-            target = existing.rstrip("/") + "/" + os.path.basename(src)
-        _copy_to(src, root, target, ["-a"])
-        copied.append(target)
-    else:
-        layout.ensure_dir(root, dest)
-        for src, content in sources:
-            names = sorted(os.listdir(src)) if content else [os.path.basename(src.rstrip("/"))]
-            for name in names:
-                target = dest.rstrip("/") + "/" + name
-                _copy_to(os.path.join(src, name) if content else src, root, target, ["-a"])
-                copied.append(target)
-    if owner is None and chmod is None:
-        return
-    for path in copied:
-        # The copy itself, never what it points to: a copied symlink may lead anywhere in the image.
-        parent, _, name = path.rstrip("/").rpartition("/")
-        directory = existing_in_root(root, parent or "/")
-        if directory is None or not name:
-            continue
-        top = os.path.join(directory, name)
-        if not os.path.lexists(top):
-            continue
-        _fix(top, owner, chmod)
-        if os.path.isdir(top) and not os.path.islink(top):
-            for dirpath, dirnames, filenames in os.walk(top):
-                for name in dirnames + filenames:
-                    _fix(os.path.join(dirpath, name), owner, chmod)
-
-
-def _fix(path: str, owner: tuple[int, int] | None, chmod: int | None) -> None:
-    if owner is not None:
-        os.lchown(path, *owner)
-    if chmod is not None and not os.path.islink(path):
-        os.chmod(path, chmod)
-
-
-_ARCHIVE_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd", b"\x04\x22\x4d\x18")
-
-
-def is_archive(path: str) -> bool:
-    """Whether ADD unpacks ``path``: a tar, plain or gzip/bzip2/xz/zstd/lz4-compressed, told by its content
-    (as Docker does: a file merely named ``.tar.gz`` is copied as it is)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(512)
-    except OSError:
-        return False
-    return head.startswith(_ARCHIVE_MAGIC) or head[257:262] == b"ustar"
-
-
-def extract_archive(archive: str, dest: str) -> None:
-    """ADD's local archive: unpacked (compression sniffed by tar) into the private staging directory.
-
-    Modes are kept as the archive has them (not our umask); owners become root's when the staged
-    files are copied into the tree.
-    """
-    import subprocess
-
-    os.makedirs(dest, exist_ok=True)
-    proc = subprocess.run(["tar", "--extract", f"--file={archive}", f"--directory={dest}", "--no-same-owner",
-                           "--same-permissions"], stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BuildError(f"ADD: cannot unpack {os.path.basename(archive)}: {proc.stderr.strip()[-300:]}")
-
-
-def _lookup_ids(root: str, spec: str, where: str) -> tuple[int, int]:
-    """``--chown=USER[:GROUP]`` to numbers, names looked up in the image (as Docker does)."""
-    user, _, group = spec.partition(":")
-
-    def find(path: str, name: str, field: int) -> int | None:
-        raw = layout.read_file(root, path, 8 << 20)
-        for line in (raw or b"").decode("utf-8", "replace").splitlines():
-            parts = line.split(":")
-            if len(parts) > field and parts[0] == name and parts[field].isdigit():
-                return int(parts[field])
-        return None
-
-    if user.isdigit():
-        uid = int(user)
-        default_gid = uid
-    else:
-        uid = find("/etc/passwd", user, 2)
-        if uid is None:
-            raise BuildError(f"{where} --chown={spec}: no user {user!r} in the image's /etc/passwd")
-        default_gid = find("/etc/passwd", user, 3)
-    if not group:
-        return uid, default_gid if default_gid is not None else uid
-    gid = int(group) if group.isdigit() else find("/etc/group", group, 2)
-    if gid is None:
-        raise BuildError(f"{where} --chown={spec}: no group {group!r} in the image's /etc/group")
-    return uid, gid
-
-
-def _user_ids(root: str, user: str, where: str) -> tuple[list[int], str]:
-    """``USER name|uid[:group|gid]`` -> ``[uid, gid, *supplementary gids]`` and the home directory.
-
-    As runc does: the primary group is the passwd entry's (0 for a uid with no entry) unless a
-    group is given; the supplementary groups are those of /etc/group listing the user's name.
-    """
-    name, _, group = user.partition(":")
-    passwd = [line.split(":") for line in _image_text(root, "/etc/passwd").splitlines()]
-    entry = next((p for p in passwd if len(p) > 5 and (p[0] == name or (name.isdigit() and p[2] == name))), None)
-    if entry is None and not name.isdigit():
-        raise BuildError(f"{where} USER {user}: no user {name!r} in the image's /etc/passwd")
-    uid = int(name) if name.isdigit() else int(entry[2]) if entry[2].isdigit() else 0
-    gid = int(entry[3]) if entry is not None and entry[3].isdigit() else 0
-    if group:
-        gid = _lookup_ids(root, f"{uid}:{group}", where)[1]
-    login = entry[0] if entry is not None else None
-    groups = []
-    for line in _image_text(root, "/etc/group").splitlines():
-        parts = line.split(":")
-        if login and len(parts) > 3 and login in parts[3].split(",") and parts[2].isdigit():
-            groups.append(int(parts[2]))
-    home = entry[5] if entry is not None and entry[5] else "/"
-    return [uid, gid, *sorted(set(groups) - {gid})], home
-
-
-def _image_text(root: str, path: str) -> str:
-    return (layout.read_file(root, path, 8 << 20) or b"").decode("utf-8", "replace")
-
-
-def _make_dir(root: str, path: str, owner: tuple[int, int] | None) -> None:
-    target = layout.ensure_dir(root, path)
-    if owner is not None:
-        os.lchown(target, *owner)
-
-
-def _parse_chmod(value: str, where: str) -> int:
-    try:
-        mode = int(value, 8)
-    except ValueError:
-        mode = -1
-    if not 0 <= mode <= 0o7777:
-        raise BuildError(f"{where} --chmod={value}: only octal modes (e.g. 0755) are supported")
-    return mode
-
-
 # -- the build ---------------------------------------------------------------------------------------
 
 
 class _DockerBuild(BuildState):
     def __init__(self, stages: list, text: str, filename: str, context: str, runner: Runner, work: str, ctl: str,
-                 *, pull_options, build_cache, matcher: df.Matcher, tag: str | None) -> None:
+                 *, pull_options, build_cache, matcher: Matcher, tag: str | None) -> None:
         super().__init__(runner, work, ctl, pull_options, build_cache)
         self.stages = stages
         self.text = text
@@ -280,7 +127,7 @@ class _DockerBuild(BuildState):
         return self.trees[target]
 
     def _definition(self, base: str, line: int):
-        from yurt.build.deffile import Definition
+        from yurt.builder.deffile_model import Definition
 
         if base.lower() == "scratch":
             return Definition(header={"bootstrap": "scratch"}, bootstrap="scratch", filename=self.filename, line=line)
@@ -288,15 +135,15 @@ class _DockerBuild(BuildState):
                           filename=self.filename, line=line)
 
     def stage(self, stage, tree: Tree, *, last: bool) -> None:
-        if stage.platform and stage.platform.replace("linux/", "") not in (df._host_platform().replace("linux/", ""),):
+        if stage.platform and stage.platform.replace("linux/", "") not in (_host_platform().replace("linux/", ""),):
             self.warn_once(f"{self.filename}:{stage.line}: FROM --platform={stage.platform}: building for the "
-                           f"host's platform ({df._host_platform()})")
+                           f"host's platform ({_host_platform()})")
         if stage.base_stage is not None:
             base_tree = self.trees[stage.base_stage]
             base_config = self.configs[stage.base_stage]
             if self.cache is None:  # no layers to restore from: copy the tree
                 base_tree.materialize()
-                from yurt.build.agents import copy_tree
+                from yurt.builder.agents import copy_tree
 
                 self.runner.call(copy_tree, ["cp", "-a", "--", base_tree.path, tree.path], "copying a stage")
                 tree.current = True
@@ -314,15 +161,15 @@ class _DockerBuild(BuildState):
             if base_config.get("OnBuild"):
                 self.warn_once(f"{self.filename}:{stage.line}: the ONBUILD triggers of {stage.base} are not run")
         for k, ins in enumerate(stage.instructions):
-            before = df.image_config(_prefix(stage, k), base_config)
+            before = image_config(_prefix(stage, k), base_config)
             where = f"{self.filename}:{ins.line}:"
             if ins.cmd == "RUN":
                 self.run_step(tree, ins, before, where)
             elif ins.cmd in ("COPY", "ADD"):
                 self.copy_step(tree, ins, before, where)
             elif ins.cmd == "WORKDIR":
-                self.workdir_step(tree, df.image_config(_prefix(stage, k + 1), base_config), where)
-        config = df.image_config(stage, base_config)
+                self.workdir_step(tree, image_config(_prefix(stage, k + 1), base_config), where)
+        config = image_config(stage, base_config)
         self.configs[stage.index] = config
         self.trees[stage.index] = tree
         if last:
@@ -383,13 +230,13 @@ class _DockerBuild(BuildState):
     # -- COPY and ADD --
 
     def copy_step(self, tree: Tree, ins, config: dict, where: str) -> None:
-        from yurt.build.cache import tree_digest
+        from yurt.builder.cache import tree_digest
 
         if "from" in ins.flags and ins.from_stage is None:
             return self.copy_from_image(tree, ins, config, where)
         sources, dest = ins.words[:-1], ins.words[-1]
-        dest_abs = df._workdir(config.get("WorkingDir") or "/", dest)
-        wild = any(df._has_magic(s) for s in sources)
+        dest_abs = _workdir(config.get("WorkingDir") or "/", dest)
+        wild = any(_has_magic(s) for s in sources)
         into_dir = dest.endswith("/") or dest in (".", "./") or len(sources) > 1 or wild
         if (len(sources) > 1 or wild) and not dest.endswith("/"):
             raise BuildError(f"{where} {ins.cmd} with more than one source: the destination {dest} must end with /")
@@ -418,14 +265,14 @@ class _DockerBuild(BuildState):
             tree.step("copy", payload, f"{ins.cmd} --from={ins.flags['from']} {' '.join(ins.words)}", do_copy_stage)
             return
         for source in sources:
-            if df._URL.match(source) and (ins.cmd == "COPY" or source.startswith("git") or "git@" in source
+            if _URL.match(source) and (ins.cmd == "COPY" or source.startswith("git") or "git@" in source
                                            or source.endswith(".git")):
                 raise BuildError(f"{where} {ins.cmd} {source}: " + ("COPY cannot fetch URLs; use ADD" if ins.cmd ==
                                  "COPY" else "git sources are not supported; clone in a RUN step"))
-        found = df.copy_sources(self.context, sources, self.matcher, where=where)
+        found = copy_sources(self.context, sources, self.matcher, where=where)
         digests = []
         for rel in found:
-            if df._URL.match(rel):
+            if _URL.match(rel):
                 digests.append([rel, self.download(rel, where)[1]])
             elif os.path.isdir(os.path.join(self.context, rel)):
                 digests.append([rel, self.context_dir_digest(rel)])
@@ -440,7 +287,7 @@ class _DockerBuild(BuildState):
                 slot = os.path.join(staging, str(n))
                 os.mkdir(slot)
                 full = os.path.join(self.context, rel)
-                if df._URL.match(rel):
+                if _URL.match(rel):
                     name = rel.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "download"
                     target = os.path.join(slot, name)
                     shutil.copyfile(self.download(rel, where)[0], target)
@@ -489,7 +336,7 @@ class _DockerBuild(BuildState):
 
     def stage_context_dir(self, rel: str, slot: str) -> None:
         """A context directory's content, minus what .dockerignore excludes, into ``slot``."""
-        top = df._clean(rel).lstrip("/") or "."
+        top = _clean(rel).lstrip("/") or "."
         prefix = "" if top == "." else top + "/"
         for path in self.matcher.walk(self.context, top):
             full = os.path.join(self.context, path)
@@ -507,10 +354,10 @@ class _DockerBuild(BuildState):
     def context_dir_digest(self, rel: str) -> str:
         import hashlib
 
-        from yurt.build.cache import tree_digest
+        from yurt.builder.cache import tree_digest
 
         h = hashlib.sha256()
-        top = df._clean(rel).lstrip("/") or "."
+        top = _clean(rel).lstrip("/") or "."
         for path in self.matcher.walk(self.context, top):
             full = os.path.join(self.context, path)
             if os.path.islink(full):  # copied as a link: its text is what matters, never where it leads
@@ -552,7 +399,7 @@ class _DockerBuild(BuildState):
     def finish_stage(self, tree: Tree, config: dict) -> None:
         """The Apptainer layout and labels, written as the last step of the target stage."""
         from yurt import __version__
-        from yurt.build import cache
+        from yurt.builder import cache
 
         labels = {str(k): str(v) for k, v in (config.get("Labels") or {}).items()}
         if self.tag:
@@ -610,7 +457,7 @@ def _short(text: str, limit: int = 60) -> str:
 def _base_env_lookup(context: str, pull_options):
     """For the parser: the Env of a base image (pulled into the cache), so ``$PATH`` and friends substitute."""
     def lookup(image: str, platform: str | None) -> list[str] | None:
-        from yurt.build.deffile import Definition
+        from yurt.builder.deffile_model import Definition
 
         d = Definition(header={"bootstrap": "docker", "from": image}, bootstrap="docker", source=image)
         try:
@@ -635,10 +482,7 @@ def build(dockerfile: str, context: str, out: str, *, sandbox: bool = False, bui
     """Build ``dockerfile`` with the build context ``context`` into ``out`` (a SIF, or a sandbox directory)."""
     if not os.path.isdir(context):
         raise BuildError(f"the build context {context} is not a directory")
-    from yurt.readfile import MIB, read_file
-    from yurt.readfile import text as utf8
-
-    text = utf8(read_file(dockerfile, "the Dockerfile", 16 * MIB, BuildError), dockerfile, "the Dockerfile", BuildError)
+    text = read_text(dockerfile, "the Dockerfile", RECIPE_LIMIT, BuildError)
     compression = compression or default_compression()
     check_output(out, sandbox=sandbox, force=force, compression=compression)
     context = os.path.abspath(context)
@@ -654,7 +498,7 @@ def build(dockerfile: str, context: str, out: str, *, sandbox: bool = False, bui
             raise BuildError(f"--target {target}: no stage of {dockerfile} is named so",
                              "stages: " + (", ".join(sorted(names)) or "none is named"))
         index = names[target.lower()]
-    matcher = df.load_dockerignore(context, os.path.abspath(dockerfile))
+    matcher = load_dockerignore(context, os.path.abspath(dockerfile))
 
     def make(runner: Runner, work: str, ctl: str) -> None:
         b = _DockerBuild(stages, text, dockerfile, context, runner, work, ctl, pull_options=pull_options,

@@ -16,7 +16,7 @@ that into a warning.  Every message starts with ``FILE:LINE:``.
 
 from __future__ import annotations
 
-from yurt.build.deffile import TEMPLATE_RE, lex, parse_arguments, section_name, stage_chunks
+from yurt.builder.deffile_lexer import TEMPLATE_RE, lex, parse_arguments, section_name, stage_chunks
 from yurt.errors import BuildError, UsageError
 
 MAX_DEPTH = 64  # nested %arguments defaults
