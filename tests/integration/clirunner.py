@@ -6,7 +6,9 @@ no new interpreter per example (about 40 ms) but a fork.  The forks come from a 
 the forking process's memory, and pytest plus hypothesis triple it (on a small VM, 1 ms against
 4-5 ms, the largest share of an example).  The server starts with only :mod:`yurt.cli` imported and
 learns the rest from its children: each reports the modules it had to import, and the server
-imports them, so later children find them loaded.
+imports them, so later children find them loaded.  The server is the interpreter running the tests,
+isolated (``-I``: no ``PYTHONPATH``, no source tree), so what it imports is the installed yurt that
+``installed_yurt.yurt_argv()`` runs.
 
 Each child is set up as ``bin/yurt`` would find itself: stdin, stdout and stderr on fds 0-2 (stdin
 ``/dev/null``, the other two pipes), ``sys.std*`` rebuilt with a fresh interpreter's encodings and
@@ -56,8 +58,12 @@ class ForkServer:
     def __init__(self, tag: str = "") -> None:
         """``tag`` is put in the server's environment (``YURT_FUZZ_TAG``), which every process it forks
         shows in ``/proc/PID/environ``: how a test finds what outlived its examples."""
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), YURT_FUZZ_TAG=tag)
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__)], env=env,
+        env = dict(os.environ, YURT_FUZZ_TAG=tag)
+        # The yurt under test is the one installed for this interpreter (installed_yurt.yurt_argv: the
+        # `yurt` script of this venv, whose #! is this interpreter), so the server is this interpreter
+        # too, isolated (-I): no PYTHONPATH, no user site, not this directory, so no source tree either.
+        flags = ["-I", "-B"] if sys.dont_write_bytecode else ["-I"]
+        self.proc = subprocess.Popen([sys.executable, *flags, os.path.abspath(__file__)], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, close_fds=True)
 
     def run(self, argv: list[str], env: dict[str, str], cwd: str, timeout: float = 20.0,
