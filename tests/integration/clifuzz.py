@@ -242,12 +242,11 @@ class Target:
     """One subcommand: the words that name it, its flags, how many positionals it takes."""
 
     def __init__(self, words: list[str], flags: list, stop_at_positional: bool = False,
-                 positionals: tuple[int, int | None] = (0, None), share: float = 1.0) -> None:
+                 positionals: tuple[int, int | None] = (0, None)) -> None:
         self.words = words
         self.flags = flags
         self.stop = stop_at_positional
         self.npos = positionals
-        self.share = share  # of the profile's examples per command: subcommands of one command share them
 
 
 def _targets() -> dict[str, Target]:
@@ -256,25 +255,25 @@ def _targets() -> dict[str, Target]:
     start_flags = [f for f in actions.FLAGS if f.name not in ("shell", "sharens", "sharens-tag", "no-init")]
     t = {name: Target([name], actions.FLAGS, True, (1, None)) for name in ("exec", "run", "shell", "test")}
     t.update({
-        "instance start": Target(["instance", "start"], start_flags, True, (2, None), share=0.5),
-        "instance list": Target(["instance", "list"], instance.LIST_FLAGS, share=0.25),
-        "instance stop": Target(["instance", "stop"], instance.STOP_FLAGS, share=0.25),
+        "instance start": Target(["instance", "start"], start_flags, True, (2, None)),
+        "instance list": Target(["instance", "list"], instance.LIST_FLAGS),
+        "instance stop": Target(["instance", "stop"], instance.STOP_FLAGS),
         "srun": Target(["srun"], actions.FLAGS),
         "build": Target(["build"], build.FLAGS, positionals=(2, 2)),
         "pull": Target(["pull"], pull.FLAGS, positionals=(1, 2)),
         "push": Target(["push"], push.FLAGS, positionals=(2, 2)),
-        "registry login": Target(["registry", "login"], registry.FLAGS, positionals=(1, 1), share=0.34),
-        "registry logout": Target(["registry", "logout"], registry.FLAGS, positionals=(1, 1), share=0.33),
-        "registry list": Target(["registry", "list"], registry.FLAGS, positionals=(0, 0), share=0.33),
-        "cache list": Target(["cache", "list"], cache.LIST_FLAGS, positionals=(0, 0), share=0.5),
-        "cache clean": Target(["cache", "clean"], cache.CLEAN_FLAGS, positionals=(0, 0), share=0.5),
+        "registry login": Target(["registry", "login"], registry.FLAGS, positionals=(1, 1)),
+        "registry logout": Target(["registry", "logout"], registry.FLAGS, positionals=(1, 1)),
+        "registry list": Target(["registry", "list"], registry.FLAGS, positionals=(0, 0)),
+        "cache list": Target(["cache", "list"], cache.LIST_FLAGS, positionals=(0, 0)),
+        "cache clean": Target(["cache", "clean"], cache.CLEAN_FLAGS, positionals=(0, 0)),
         "config show": Target(["config", "show"], config.FLAGS, positionals=(0, 0)),
         "convert": Target(["convert"], convert.FLAGS, positionals=(1, 1)),
         "inspect": Target(["inspect"], inspect.FLAGS, positionals=(1, 1)),
         "run-help": Target(["run-help"], inspect.FLAGS, positionals=(1, 1)),
         "version": Target(["version"], misc.FLAGS, positionals=(0, 0)),
         "help": Target(["help"], misc.FLAGS, positionals=(0, 2)),
-        "global": Target([], [], share=0.25),  # the top level: global options, the command word
+        "global": Target([], []),  # the top level: global options, the command word
     })
     covered = {w for t_ in t.values() for w in t_.words[:1]}
     assert covered >= set(COMMANDS), f"commands without a fuzz target: {set(COMMANDS) - covered}"

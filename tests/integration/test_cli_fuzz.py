@@ -42,20 +42,20 @@ position is prefixed so that it names nothing.  The fixture files are read-only;
 writes lands in ``out/``, emptied before every example.  Not run as root (a generated vector could
 then write anywhere).  Nothing may outlive the examples (checked when the module ends).
 
-Sizes: ``YURT_FUZZ_PROFILE=ci`` (the default, and what CI runs) makes 2,000 examples per command of
-``COMMANDS`` (instance, registry and cache share theirs among their subcommands; the top level gets
-500), from fixed seeds so that CI is reproducible; ``dev`` makes 200 with fresh randomness each run;
-``YURT_FUZZ_EXAMPLES=N`` overrides the count.  A target's examples are split over
-``YURT_FUZZ_WORKERS`` forked processes (default: 2, or 1 on a single CPU), since hypothesis runs
-one at a time.  No example database is written.  Measured cost: 7-15 ms of CPU an example on a
-2-CPU VM (most of it the fork); 2-3 in 100 examples of the launching commands start a container
-(100-300 ms).
+Sizes: ``YURT_FUZZ_PROFILE=ci`` (the default, and what CI runs) makes at least 2,000 examples for
+every leaf subcommand: each command of ``COMMANDS``, each subcommand of instance (start, list, stop),
+registry (login, logout, list), cache (list, clean) and config (show), and the top level; from fixed
+seeds so that CI is reproducible (the test fails if hypothesis ran fewer).  ``dev`` makes 200 with
+fresh randomness each run; ``YURT_FUZZ_EXAMPLES=N`` overrides the count.  A target's examples are
+split over ``YURT_FUZZ_WORKERS`` forked processes (default: 2, or 1 on a single CPU), since
+hypothesis runs one at a time.  No example database is written.  Measured cost: 7-15 ms of CPU an
+example on a 2-CPU VM (most of it the fork); 2-3 in 100 examples of the launching commands start a
+container (100-300 ms).
 """
 
 from __future__ import annotations
 
 import errno
-import math
 import os
 import shutil
 import stat
@@ -353,18 +353,23 @@ def run_vector(arena: Arena, server: ForkServer, vector: Vector):
     return server.run(vector.argv, arena.env(vector.env), arena.out, timeout=DEADLINE)
 
 
-def _fuzz(arena: Arena, target: Target, examples: int, seed: int | None) -> None:
-    """Hypothesis' run for one target: ``examples`` vectors (from ``seed``, else as the profile says)."""
+def _fuzz(arena: Arena, target: Target, examples: int, seed: int | None) -> int:
+    """Hypothesis' run for one target: ``examples`` vectors (from ``seed``, else as the profile says).
+    Returns how many examples it ran."""
     server = ForkServer(arena.root)
+    ran = 0
     try:
         @settings(_PROFILE, max_examples=examples, derandomize=_PROFILE.derandomize and seed is None)
         @given(vectors(target, arena.ro, arena.conf))
         def prop(vector: Vector) -> None:
+            nonlocal ran
+            ran += 1
             _expect(vector, run_vector(arena, server, vector))
 
         (hypothesis.seed(seed)(prop) if seed is not None else prop)()
     finally:
         server.close()
+    return ran
 
 
 @pytest.mark.parametrize("name", list(TARGETS))
@@ -372,9 +377,10 @@ def test_cli_fuzz(arena: Arena, name: str) -> None:
     """The examples of one target, split over WORKERS forked copies of this process (hypothesis runs
     one example at a time: two CPUs take two runs), each with its own seed, fork server and lane."""
     target = TARGETS[name]
-    total = math.ceil(_PROFILE.max_examples * target.share)
+    total = _PROFILE.max_examples
     if WORKERS == 1:
-        _fuzz(arena.lane(0), target, total, None)
+        ran = _fuzz(arena.lane(0), target, total, None)
+        assert ran >= total, f"hypothesis ran {ran} examples of {name}, not {total}"
         return
     base = zlib.crc32(name.encode()) if _PROFILE.derandomize else int.from_bytes(os.urandom(4), "little")
     workers = []
@@ -388,7 +394,8 @@ def test_cli_fuzz(arena: Arena, name: str) -> None:
                 lines: list[str] = []
                 try:
                     with hypothesis.reporting.with_reporter(lines.append):
-                        _fuzz(arena.lane(i), target, -(-total // WORKERS), base + i)
+                        ran = _fuzz(arena.lane(i), target, -(-total // WORKERS), base + i)
+                    lines.insert(0, f"ran {ran}")
                     status = 0
                 except BaseException as e:  # noqa: BLE001 - reported to the parent
                     lines += traceback.format_exception(e)
@@ -401,6 +408,7 @@ def test_cli_fuzz(arena: Arena, name: str) -> None:
         os.close(w)
         workers.append((pid, r))
     reports = []
+    ran = 0
     try:
         for pid, r in workers:
             with os.fdopen(r, errors="replace") as f:
@@ -408,6 +416,8 @@ def test_cli_fuzz(arena: Arena, name: str) -> None:
             _, status = os.waitpid(pid, 0)
             if status != 0:
                 reports.append(text or f"worker {pid} died (status {status})")
+            elif text.startswith("ran "):
+                ran += int(text.split(None, 2)[1])
     finally:
         for pid, _ in workers:
             try:
@@ -416,6 +426,7 @@ def test_cli_fuzz(arena: Arena, name: str) -> None:
             except (ProcessLookupError, ChildProcessError):
                 pass
     assert not reports, "\n\n".join(reports)
+    assert ran >= total, f"hypothesis ran {ran} examples of {name}, not {total}"
 
 
 # What the fuzzer found (and the issue's known cases), as the smallest vectors: each must keep passing
