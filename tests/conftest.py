@@ -82,6 +82,28 @@ from installed_yurt import MAKE_ROOTFS, REPO_ROOT, RunYurt, make_run_yurt, yurt_
 BUSYBOX = Path("/bin/busybox")
 
 
+def _hypothesis_outside_the_tree() -> None:
+    """The property-based tests write nothing into the tree: no example database (a profile with
+    ``database=None``, which every ``@settings`` inherits), and hypothesis' other files (its
+    Unicode table cache) in a directory of this session under $TMPDIR, removed at the end."""
+    try:
+        from hypothesis import settings
+    except ImportError:  # only the modules that use hypothesis need it
+        return
+    settings.register_profile("yurt", database=None)
+    settings.load_profile("yurt")
+    if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        import atexit
+        import tempfile
+
+        home = tempfile.mkdtemp(prefix="yurt-hypothesis-")
+        os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = home
+        atexit.register(shutil.rmtree, home, True)
+
+
+_hypothesis_outside_the_tree()
+
+
 # --------------------------------------------------------------------------- helpers
 
 
