@@ -16,7 +16,8 @@ FLAGS = [
     Flag("fakeroot", short="f", help="accepted for Apptainer compatibility: unprivileged builds always use "
          "a fakeroot (with your /etc/subuid range when there is one)"),
     Flag("compression", "value", None,
-         "squashfs compressor: zstd (default, level 3), gzip (kernels < 4.14), lz4, xz, lzo", "ALG"),
+         "squashfs compressor: zstd (default, level 3), gzip (kernels < 4.14), lz4, xz, lzo", "ALG",
+         choices=("zstd", "gzip", "lz4", "xz", "lzo")),
     Flag("mksquashfs-args", "value", None, "extra arguments passed to mksquashfs", "ARGS"),
     Flag("force", short="F", help="overwrite OUT if it exists"),
     Flag("no-cache", help="run every step even when the build cache has it (the cache is still filled)"),

@@ -10,7 +10,8 @@ from yurt.errors import UsageError
 
 TYPES = ("blob", "sif", "unpacked", "ref", "build")
 _TYPE = Flag("type", kind="value", short="T", metavar="TYPE",
-             help="only these entries: blob, sif, unpacked, ref, build or all (comma-separated)")
+             help="only these entries: blob, sif, unpacked, ref, build or all (comma-separated)",
+             choices=(*TYPES, "all"))
 _HELP = Flag("help", short="h", help="show this help")
 LIST_FLAGS = [_TYPE, Flag("json", short="j", help="print JSON"), _HELP]
 CLEAN_FLAGS = [

@@ -18,7 +18,7 @@ FLAGS = [
     Flag("platform", "value", None, "platform os/arch[/variant], e.g. linux/arm64/v8", "PLATFORM"),
     *TLS_FLAGS,
     Flag("compression", "value", None, "squashfs compression of the converted image: zstd (default), gzip, lz4",
-         "ALG"),
+         "ALG", choices=("zstd", "gzip", "lz4", "xz", "lzo")),
     Flag("force", short="F", help="download and convert again, and overwrite OUT"),
     Flag("help", short="h", help="show this help"),
 ]

@@ -8,7 +8,8 @@ from yurt.errors import UsageError
 
 FLAGS = [
     *TLS_FLAGS,
-    Flag("layer-compression", "value", None, "docker:// layer compression: gzip (default) or zstd", "ALG"),
+    Flag("layer-compression", "value", None, "docker:// layer compression: gzip (default) or zstd", "ALG",
+         choices=("gzip", "zstd")),
     Flag("help", short="h", help="show this help"),
 ]
 SYNOPSIS = ("[options] IMAGE REFERENCE",
