@@ -87,5 +87,7 @@ def main(command: str, argv: list[str], ctx) -> int:
                        compression=compression, mksquashfs_args=mksquashfs_args, force=values["force"],
                        pull_options=options_from_environment(ctx), no_cache=values["no_cache"])
     if not ctx.quiet:
-        print(f"yurt: built {out}")
+        from yurt.cli.terminal import done
+
+        done(f"built {out}")
     return 0

@@ -89,5 +89,7 @@ def main(command: str, argv: list[str], ctx) -> int:
             os.unlink(tmp)
     if not ctx.quiet:
         how = "from the cache" if result.cached else f"{result.downloaded_bytes} bytes downloaded"
-        print(f"yurt: {out} ({result.manifest_digest[:19]}, {how})")
+        from yurt.cli.terminal import done
+
+        done(f"{out} ({result.manifest_digest[:19]}, {how})")
     return 0
