@@ -4,7 +4,8 @@
 #   make test    run the whole suite (as root, CI: against the wheel, rootless pass as $(TEST_USER),
 #                then the root-only pass; otherwise against the editable development install)
 #   make dist    build the sdist and, from it, the wheel (python -m build) and check both
-#   make install editable development install with the test extras into the venv
+#   make install editable development install with the test extras into the venv, and (as root)
+#                shell completion for bash, zsh and fish where the system has their directories
 #   make lint    ruff check, and lint-imports (the import contracts in pyproject.toml); make test runs both
 #   make bench   start-up benchmark of the wheel against peer runtimes (bench/startup; BENCH_ARGS=...)
 #   make clean   remove build products (distclean: also the venv)
@@ -62,10 +63,10 @@ TEST_ENV_COMMON := PATH=$(VENV)/bin:$(SYS_PATH) LANG=C.UTF-8 PYTHONDONTWRITEBYTE
 	CI="$${CI:-}" TERM="$${TERM:-dumb}"
 YURT := $(VENV)/bin/yurt
 
-.PHONY: help deps install dist demo test test-setup test-user stage lint bench clean distclean
+.PHONY: help deps install install-completions dist demo test test-setup test-user stage lint bench clean distclean
 
 help:
-	@sed -n '3,11s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '3,12s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
 # ---------------------------------------------------------------- system packages
 
@@ -100,6 +101,49 @@ endef
 
 install:
 	$(call install_yurt,$(CURDIR))
+	$(MAKE) --no-print-directory install-completions
+
+# `yurt completion SHELL` into each shell's system completion directory, where the system has one (the
+# directories are looked up, never created); as root, or under DESTDIR (packaging).  Otherwise: how to
+# enable completion for yourself.
+install-completions:
+	umask 022
+	hint() {
+		case $$1 in
+			bash) echo "echo 'source <(yurt completion bash)' >> ~/.bashrc" ;;
+			zsh) echo 'mkdir -p ~/.zfunc && yurt completion zsh > ~/.zfunc/_yurt, and fpath=(~/.zfunc $$fpath) before compinit in ~/.zshrc' ;;
+			fish) echo 'mkdir -p ~/.config/fish/completions && yurt completion fish > ~/.config/fish/completions/yurt.fish' ;;
+		esac
+	}
+	if [ '$(IS_ROOT)' != 1 ] && [ -z '$(DESTDIR)' ]; then
+		echo "==> shell completion: installing it for everyone needs root; for yourself:"
+		for shell in bash zsh fish; do echo "    $$shell: $$(hint $$shell)"; done
+		exit 0
+	fi
+	first_dir() { for d in "$$@"; do if [ -n "$$d" ] && [ -d '$(DESTDIR)'"$$d" ]; then echo "$$d"; return; fi; done; }
+	bash_dir=$$(first_dir "$$(pkg-config --variable=completionsdir bash-completion 2>/dev/null || true)" \
+		/usr/share/bash-completion/completions)
+	zsh_dir=$$(first_dir $$( (zsh -fc 'print -l -- $$fpath' 2>/dev/null || true) \
+		| grep -E '/(site-functions|vendor-completions)$$' || true) \
+		/usr/local/share/zsh/site-functions /usr/share/zsh/site-functions /usr/share/zsh/vendor-completions)
+	fish_dir=$$(first_dir "$$(pkg-config --variable=completionsdir fish 2>/dev/null || true)" \
+		/usr/share/fish/vendor_completions.d /usr/local/share/fish/vendor_completions.d)
+	for shell in bash zsh fish; do
+		case $$shell in
+			bash) dir=$$bash_dir name=yurt ;;
+			zsh) dir=$$zsh_dir name=_yurt ;;
+			fish) dir=$$fish_dir name=yurt.fish ;;
+		esac
+		if [ -z "$$dir" ]; then
+			echo "==> $$shell completion: this system has no $$shell completion directory; for yourself: $$(hint $$shell)"
+			continue
+		fi
+		dest='$(DESTDIR)'"$$dir/$$name"
+		'$(YURT)' completion "$$shell" > "$$dest.tmp-$$$$"
+		chmod 0644 "$$dest.tmp-$$$$"
+		mv -f "$$dest.tmp-$$$$" "$$dest"
+		echo "==> $$shell completion: $$dest"
+	done
 
 # ---------------------------------------------------------------- sdist + wheel
 

@@ -67,3 +67,50 @@ def make_run_yurt(default_cwd: Path | None = None) -> RunYurt:
         )
 
     return run_yurt
+
+
+def yurt_on_terminal(*args: str | os.PathLike[str], env: Mapping[str, str | None] | None = None,
+                     cwd: str | os.PathLike[str] | None = None, timeout: float = 120,
+                     size: tuple[int, int] = (40, 120), yurt: list[str] | None = None) -> tuple[int, str]:
+    """``yurt ARGS`` with stdout and stderr on a new pseudo-terminal of ``size`` (rows, columns), as a user
+    at a terminal runs it (stdin is /dev/null): its exit status and everything it wrote there, escape
+    sequences included, with the terminal's ``\\r\\n`` turned back into ``\\n``.  ``yurt`` replaces
+    the command that runs yurt (default :func:`yurt_argv`)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
+    full_env = _yurt_env({"TERM": "xterm-256color", "COLUMNS": None, "LINES": None, "NO_COLOR": None,
+                          **(env or {})}, False)
+    try:
+        proc = subprocess.Popen([*(yurt or yurt_argv()), *map(os.fspath, args)], stdin=subprocess.DEVNULL,
+                                stdout=terminal, stderr=terminal, env=full_env, cwd=cwd)
+    finally:
+        os.close(terminal)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 1)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the terminal's last writer is gone
+                break
+            if not chunk:
+                break
+            out += chunk
+        else:
+            proc.kill()
+        status = proc.wait(timeout=30)
+    finally:
+        os.close(controller)
+    return status, out.decode("utf-8", "replace").replace("\r\n", "\n")

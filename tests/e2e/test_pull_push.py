@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
-from installed_yurt import yurt_argv
+from installed_yurt import yurt_argv, yurt_on_terminal
 
 pytestmark = [pytest.mark.e2e]
 
@@ -80,6 +81,59 @@ def test_exec_docker_reference_pulls_once(yurt_cmd, pushed_busybox, cache_env):
     assert ok(second) == "warm\n"
     assert "fetching" not in second.stderr  # nothing downloaded the second time
     assert _sif_count(Path(cache_env["YURT_CACHEDIR"])) == 1
+
+
+SGR = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # escape sequences: colour, cursor moves
+
+
+def test_pull_and_push_on_a_terminal_draw_with_rich(pushed_busybox, registry_http, cache_env, tmp_path):
+    """On a terminal: rich's bars (a line per blob and a total) and a coloured closing line; with --quiet,
+    nothing; with NO_COLOR, the bars without colour.  (Off a terminal: the plain lines the other tests read.)"""
+    status, out = yurt_on_terminal("pull", "--insecure", tmp_path / "bb.sif", f"docker://{pushed_busybox}",
+                                   env=cache_env)
+    assert status == 0, out
+    plain = SGR.sub("", out)
+    assert "\u2501" in out and re.search(r"^total +\u2501+ .*MiB", plain, re.M), out  # the bars, the total last
+    assert "fetching" not in plain  # the plain lines are for logs
+    assert re.search(r"\x1b\[[0-9;]*32m", out) and f"yurt: {tmp_path / 'bb.sif'} (sha256:" in plain
+
+    quiet_env = {**cache_env, "YURT_CACHEDIR": str(tmp_path / "q")}
+    status, out = yurt_on_terminal("--quiet", "pull", "--insecure", tmp_path / "q.sif", f"docker://{pushed_busybox}",
+                                   env=quiet_env)
+    assert status == 0 and out == "", out
+
+    status, out = yurt_on_terminal("pull", "--insecure", tmp_path / "nc.sif", f"docker://{pushed_busybox}",
+                                   env={**cache_env, "YURT_CACHEDIR": str(tmp_path / "nc"), "NO_COLOR": "1"})
+    assert status == 0 and "\u2501" in out, out
+    assert not re.search(r"\x1b\[[0-9;]*(3[0-8]|9[0-7])m", out), out
+
+    ref = f"docker://{registry_http.host}/test/from-terminal:1"
+    status, out = yurt_on_terminal("push", "--insecure", tmp_path / "bb.sif", ref, env=cache_env)
+    assert status == 0, out
+    assert f"yurt: pushed {tmp_path / 'bb.sif'} to {ref} (sha256:" in SGR.sub("", out)
+
+
+def test_exec_docker_on_a_terminal_imports_nothing_after_the_switch(pushed_busybox, cache_env, tmp_path):
+    """``yurt exec docker://`` on a terminal downloads with rich's bars; they are gone, and nothing of rich
+    (or anything else) is imported, once the container's root is switched (tests/integration/import_guard.py)."""
+    import sys
+    import sysconfig
+
+    import yurt
+
+    guard = Path(__file__).resolve().parent.parent / "integration" / "import_guard.py"
+    site_dir = Path(yurt.__file__).resolve().parent.parent
+    if site_dir != Path(sysconfig.get_paths()["purelib"]).resolve():
+        pytest.skip("yurt is not installed beside httpx and rich (an editable install): the guard sees one directory")
+    report = tmp_path / "report"
+    report.write_text("")
+    env = {**cache_env, "YURT_INSECURE_REGISTRIES": pushed_busybox.split("/")[0]}
+    status, out = yurt_on_terminal("exec", f"docker://{pushed_busybox}", "echo", "ran", env=env,
+                                   yurt=[sys.executable, "-I", "-S", str(guard), str(site_dir), str(report)])
+    assert status == 0 and "\u2501" in out and out.rstrip().endswith("ran"), out  # downloaded with bars, ran
+    lines = report.read_text().splitlines()
+    assert any(line.startswith("SWITCH") for line in lines), lines
+    assert not [line for line in lines if line.startswith(("IMPORT-AFTER-SWITCH", "REEXEC"))], lines
 
 
 def test_concurrent_first_pulls_convert_once(pushed_busybox, cache_env):

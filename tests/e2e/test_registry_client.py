@@ -29,14 +29,9 @@ import pytest
 pytest.importorskip("httpx")
 
 from yurt.errors import ImageError  # noqa: E402
-from yurt.registry.client import (  # noqa: E402
-    DOCKER_MANIFEST,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    RegistryClient,
-    RegistryError,
-    resolve_platform,
-)
+from yurt.registry.client import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, RegistryClient  # noqa: E402
+from yurt.registry.errors import RegistryError  # noqa: E402
+from yurt.registry.platforms import resolve_platform  # noqa: E402
 
 pytestmark = [pytest.mark.e2e]
 

@@ -15,6 +15,7 @@ from functools import cache
 from hypothesis import strategies as st
 
 from yurt.cli import COMMANDS
+from yurt.cli.completion import SHELLS
 
 CLOSED = "127.0.0.1:9"  # discard port: nothing listens there on a test machine, so connects fail at once
 
@@ -250,7 +251,20 @@ class Target:
 
 
 def _targets() -> dict[str, Target]:
-    from yurt.cli import actions, build, cache, config, convert, inspect, instance, misc, pull, push, registry
+    from yurt.cli import (
+        actions,
+        build,
+        cache,
+        completion,
+        config,
+        convert,
+        inspect,
+        instance,
+        misc,
+        pull,
+        push,
+        registry,
+    )
 
     start_flags = [f for f in actions.FLAGS if f.name not in ("shell", "sharens", "sharens-tag", "no-init")]
     t = {name: Target([name], actions.FLAGS, True, (1, None)) for name in ("exec", "run", "shell", "test")}
@@ -268,6 +282,7 @@ def _targets() -> dict[str, Target]:
         "cache list": Target(["cache", "list"], cache.LIST_FLAGS, positionals=(0, 0)),
         "cache clean": Target(["cache", "clean"], cache.CLEAN_FLAGS, positionals=(0, 0)),
         "config show": Target(["config", "show"], config.FLAGS, positionals=(0, 0)),
+        "completion": Target(["completion"], completion.FLAGS, positionals=(1, 1)),
         "convert": Target(["convert"], convert.FLAGS, positionals=(1, 1)),
         "inspect": Target(["inspect"], inspect.FLAGS, positionals=(1, 1)),
         "run-help": Target(["run-help"], inspect.FLAGS, positionals=(1, 1)),
@@ -417,6 +432,8 @@ def vectors(draw, target: Target, ro: str, conf: str) -> Vector:
         if positionals[0] not in COMMANDS or (len(positionals) == 2 and positionals[1] not in SUBCOMMANDS.get(
                 positionals[0], ())):
             late = late or "help for an unknown command"
+    if target.words == ["completion"] and positionals and positionals[0] not in SHELLS:
+        late = late or "completion for an unknown shell"
     order = options + [[p] for p in positionals]
     if not target.stop:
         order = _shuffled(draw, order)
@@ -459,6 +476,7 @@ def _positional_lists(word: str, ro: str, n: int) -> st.SearchStrategy[list[str]
         "convert": paths(ro), "inspect": images(ro), "run-help": images(ro),
         "help": _pick([*COMMANDS, "start", "list", "clean", "show", "login", "nope", ""]),
         "registry": _pick([CLOSED, f"https://{CLOSED}/", "", "localhost:1", "bad host", "a" * 300]),
+        "completion": _pick([*SHELLS, "tcsh", "BASH", ""]) | _arg_text(),
     }.get(word, _arg_text())
     return st.lists(vocab, max_size=n, min_size=n).map(lambda out: [p if not p.startswith("-") or len(p) == 1
                                                                     else "zz" + p for p in out])

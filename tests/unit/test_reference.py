@@ -127,8 +127,8 @@ def _index(*platforms):
 
 
 def test_resolve_platform():
-    client = pytest.importorskip("yurt.registry.client")
     from yurt.errors import ImageError
+    from yurt.registry import platforms
 
     index = _index({"os": "linux", "architecture": "amd64"},
                    {"os": "linux", "architecture": "arm64", "variant": "v8"},
@@ -136,20 +136,20 @@ def test_resolve_platform():
                    {"os": "linux", "architecture": "arm", "variant": "v7"},
                    {"os": "unknown", "architecture": "unknown"})
     digest = [m["digest"] for m in index["manifests"]]
-    assert client.resolve_platform(index, arch="amd64")["digest"] == digest[0]
-    assert client.resolve_platform(index, arch="arm64")["digest"] == digest[1]
-    assert client.resolve_platform(index, arch="arm", variant="v7")["digest"] == digest[3]
-    assert client.resolve_platform(index, arch="arm")["digest"] == digest[2]  # first when no preference
-    host_os, host_arch, _ = client.host_platform()
+    assert platforms.resolve_platform(index, arch="amd64")["digest"] == digest[0]
+    assert platforms.resolve_platform(index, arch="arm64")["digest"] == digest[1]
+    assert platforms.resolve_platform(index, arch="arm", variant="v7")["digest"] == digest[3]
+    assert platforms.resolve_platform(index, arch="arm")["digest"] == digest[2]  # first when no preference
+    host_os, host_arch, _ = platforms.host_platform()
     assert host_os == "linux" and host_arch and host_arch not in ("x86_64", "aarch64")
     with pytest.raises(ImageError) as info:
-        client.resolve_platform(index, arch="s390x")
+        platforms.resolve_platform(index, arch="s390x")
     assert str(info.value) == ("the image has no linux/s390x variant; it has: linux/amd64, linux/arm64/v8, "
                                "linux/arm/v6, linux/arm/v7 (choose one with --arch)")
     with pytest.raises(ImageError, match="no linux/arm/v5 variant"):
-        client.resolve_platform(index, arch="arm", variant="v5")
+        platforms.resolve_platform(index, arch="arm", variant="v5")
     # an arm64 entry without a variant is v8
     plain = _index({"os": "linux", "architecture": "arm64"})
-    assert client.resolve_platform(plain, arch="arm64", variant="v8")["digest"] == plain["manifests"][0]["digest"]
+    assert platforms.resolve_platform(plain, arch="arm64", variant="v8")["digest"] == plain["manifests"][0]["digest"]
     with pytest.raises(ImageError, match="no 'manifests' list"):
-        client.resolve_platform({"schemaVersion": 2})
+        platforms.resolve_platform({"schemaVersion": 2})

@@ -180,13 +180,13 @@ def test_insecure_registries(monkeypatch):
 
 
 def test_parse_challenge():
-    client = pytest.importorskip("yurt.registry.client")
-    assert client.parse_challenge('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+    from yurt.registry.challenge import parse_challenge
+    assert parse_challenge('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
                                   'scope="repository:library/busybox:pull,push"') == (
         "bearer", {"realm": "https://auth.docker.io/token", "service": "registry.docker.io",
                    "scope": "repository:library/busybox:pull,push"})
-    assert client.parse_challenge('Basic realm="basic-realm"') == ("basic", {"realm": "basic-realm"})
-    assert client.parse_challenge('Bearer realm="r", error="insufficient_scope", x=plain') == (
+    assert parse_challenge('Basic realm="basic-realm"') == ("basic", {"realm": "basic-realm"})
+    assert parse_challenge('Bearer realm="r", error="insufficient_scope", x=plain') == (
         "bearer", {"realm": "r", "error": "insufficient_scope", "x": "plain"})
-    assert client.parse_challenge('Bearer realm="a \\"quoted\\" realm"') == ("bearer", {"realm": 'a "quoted" realm'})
-    assert client.parse_challenge("") is None
+    assert parse_challenge('Bearer realm="a \\"quoted\\" realm"') == ("bearer", {"realm": 'a "quoted" realm'})
+    assert parse_challenge("") is None

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run-help": ("yurt.cli.inspect", "Show an image's help text"),
     "version": ("yurt.cli.misc", "Show the yurt version"),
     "help": ("yurt.cli.misc", "Show help for a command"),
+    "completion": ("yurt.cli.completion", "Print a bash, zsh or fish completion script"),
 }
 
 

@@ -48,7 +48,7 @@ FLAGS = [
          "DIRS"),
     Flag("hooks-dir", "list", None, "more OCI hook definitions (oci-hooks(5) JSON files; repeatable)", "DIR"),
     Flag("mpi", "value", None, "MPI model: hybrid (default: the image's MPI, host launcher), host (bind the "
-         "host's MPI library after an ABI check), none", "MODEL"),
+         "host's MPI library after an ABI check), none", "MODEL", choices=("hybrid", "host", "none")),
     Flag("sharens", help="share one container with the other processes of this job step on this node (MPI "
          "ranks: one user namespace per node, shared-memory single copy works)"),
     Flag("sharens-tag", "value", None, "what --sharens groups by (default SLURM_JOB_ID.SLURM_STEP_ID, or the "

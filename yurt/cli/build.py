@@ -16,7 +16,8 @@ FLAGS = [
     Flag("fakeroot", short="f", help="accepted for Apptainer compatibility: unprivileged builds always use "
          "a fakeroot (with your /etc/subuid range when there is one)"),
     Flag("compression", "value", None,
-         "squashfs compressor: zstd (default, level 3), gzip (kernels < 4.14), lz4, xz, lzo", "ALG"),
+         "squashfs compressor: zstd (default, level 3), gzip (kernels < 4.14), lz4, xz, lzo", "ALG",
+         choices=("zstd", "gzip", "lz4", "xz", "lzo")),
     Flag("mksquashfs-args", "value", None, "extra arguments passed to mksquashfs", "ARGS"),
     Flag("force", short="F", help="overwrite OUT if it exists"),
     Flag("no-cache", help="run every step even when the build cache has it (the cache is still filled)"),
@@ -86,5 +87,7 @@ def main(command: str, argv: list[str], ctx) -> int:
                        compression=compression, mksquashfs_args=mksquashfs_args, force=values["force"],
                        pull_options=options_from_environment(ctx), no_cache=values["no_cache"])
     if not ctx.quiet:
-        print(f"yurt: built {out}")
+        from yurt.cli.terminal import done
+
+        done(f"built {out}")
     return 0

@@ -10,7 +10,8 @@ from yurt.errors import UsageError
 
 TYPES = ("blob", "sif", "unpacked", "ref", "build")
 _TYPE = Flag("type", kind="value", short="T", metavar="TYPE",
-             help="only these entries: blob, sif, unpacked, ref, build or all (comma-separated)")
+             help="only these entries: blob, sif, unpacked, ref, build or all (comma-separated)",
+             choices=(*TYPES, "all"))
 _HELP = Flag("help", short="h", help="show this help")
 LIST_FLAGS = [_TYPE, Flag("json", short="j", help="print JSON"), _HELP]
 CLEAN_FLAGS = [
@@ -93,6 +94,18 @@ def cache_list(argv: list[str], ctx) -> int:
         if e.kind == "ref" and " -> " in e.name:
             reference, digest = e.name.rsplit(" -> ", 1)
             refs.setdefault(digest, []).append(reference)
+    rows = [(kind, totals[kind]["count"], totals[kind]["size"]) for kind in kinds]
+    if len(kinds) > 1:
+        rows.append(("total", len(entries), sum(e.size for e in entries)))
+    empty = "No cached entries" + ("" if len(kinds) == len(TYPES) else " of type " + ", ".join(kinds)) + "."
+    from yurt.cli.terminal import rich_console
+
+    console = rich_console()
+    if console is not None:
+        from yurt.cli.views import cache_list as draw
+
+        draw(console, entries, refs, rows, empty, store, human_size, human_age)
+        return 0
     now = time.time()
     lines = []
     if entries:
@@ -102,11 +115,7 @@ def cache_list(argv: list[str], ctx) -> int:
             lines.append(f"{e.kind:<9} {human_size(e.size):>10}  {human_age(now - e.used):<10} {name}")
         lines.append("")
     else:
-        lines += ["No cached entries" + ("" if len(kinds) == len(TYPES) else " of type " + ", ".join(kinds)) + ".",
-                  ""]
-    rows = [(kind, totals[kind]["count"], totals[kind]["size"]) for kind in kinds]
-    if len(kinds) > 1:
-        rows.append(("total", len(entries), sum(e.size for e in entries)))
+        lines += [empty, ""]
     for label, count, size in rows:
         lines.append(f"{label:<9} {count:>5} {_entries(count):<8} {human_size(size):>10}")
     lines += ["", f"cache: {store.root}", f"node-local cache: {store.local_root}"]

@@ -10,7 +10,8 @@ from yurt.errors import UsageError, warn
 
 FLAGS = [
     Flag("output", "value", "o", "write here instead of standard output", "FILE"),
-    Flag("to", "value", None, "target format: def or dockerfile (default: the other one)", "FORMAT"),
+    Flag("to", "value", None, "target format: def or dockerfile (default: the other one)", "FORMAT",
+         choices=("def", "dockerfile")),
     Flag("context", "value", None, "Dockerfile build context (tells directories from files in COPY)", "DIR"),
     Flag("help", short="h", help="show this help"),
 ]

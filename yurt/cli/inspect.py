@@ -35,5 +35,14 @@ def main(command: str, argv: list[str], ctx) -> int:
         return 0
     sections = {s for s in SECTIONS if values[s]}
     info = inspect.inspect_image(positionals[0])
+    if not values["json"] and not sections:
+        from yurt.cli.terminal import rich_console
+
+        console = rich_console()
+        if console is not None:
+            from yurt.cli.views import inspect_summary
+
+            inspect_summary(console, info)
+            return 0
     print(inspect.format_inspect(info, json_output=values["json"], sections=sections).rstrip("\n"))
     return 0

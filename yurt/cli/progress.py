@@ -1,14 +1,23 @@
-"""Download progress: one live line per blob plus a total on a terminal, plain lines otherwise.
+"""Download progress: rich bars (one per blob, and a total) on a terminal, plain lines otherwise.
 
-Standard library only: drawing a few lines with ``\\r`` and ANSI cursor moves
-needs no dependency, and the lines stay readable in a batch job's log.
+On a terminal (:mod:`yurt.cli.terminal`) the bars are rich's, drawn on stderr;
+rich is imported at the first blob, so a pull that downloads nothing (or
+``yurt exec`` of a cached image) never loads it.  The bars refresh from the
+download threads' callbacks (at most ten times a second), not from a thread of
+their own, and stop when the last blob is done: nothing of rich runs once the
+container starts.  Elsewhere each blob is one ``yurt: fetching DIGEST (SIZE)``
+line, readable in a batch job's log; ``--quiet`` prints nothing.
 """
 
 from __future__ import annotations
 
+import atexit
 import sys
 import threading
 import time
+from typing import Any
+
+from yurt.cli.terminal import is_terminal, rich_console
 
 
 def _human(n: float) -> str:
@@ -25,19 +34,26 @@ class Progress:
     def __init__(self, stream=None, quiet: bool = False) -> None:
         self.stream = stream or sys.stderr
         self.quiet = quiet
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.tty = is_terminal(self.stream)
         self.lock = threading.Lock()
         self.blobs: dict[str, list[int]] = {}
-        self.order: list[str] = []
-        self.drawn = 0
         self.last = 0.0
+        self.bars: Any = None  # rich.progress.Progress while blobs are downloading on a terminal
+        self.tasks: dict[str, Any] = {}  # digest -> rich task id; "" -> the total
 
     def start(self, digest: str, total: int) -> None:
         with self.lock:
             self.blobs[digest] = [0, int(total)]
-            self.order.append(digest)
-            if not self.quiet and not self.tty:
+            if self.quiet:
+                return
+            if not self.tty:
                 self.stream.write(f"yurt: fetching {digest[:19]} ({_human(total)})\n")
+                return
+            if self.bars is None:
+                self._open()
+            self.tasks[digest] = self.bars.add_task(digest[7:19], total=int(total) or None)
+            self.bars.remove_task(self.tasks[""])  # the total stays the last line
+            self.tasks[""] = self.bars.add_task("total", total=None)
             self._draw()
 
     def update(self, digest: str, done: int, total: int) -> None:
@@ -52,36 +68,46 @@ class Progress:
         with self.lock:
             if digest in self.blobs:
                 self.blobs[digest][0] = self.blobs[digest][1]
-            self._draw(final=not any(d < t for d, t in self.blobs.values()))
+            self._draw()
+            if self.bars is not None and not any(d < t for d, t in self.blobs.values()):
+                self._close()
 
     def message(self, text: str) -> None:
         if not self.quiet:
             with self.lock:
-                self.stream.write(f"yurt: {text}\n")
-                self.drawn = 0
+                if self.bars is not None:
+                    from rich.text import Text
 
-    def _draw(self, final: bool = False) -> None:
-        if self.quiet or not self.tty:
+                    self.bars.console.print(Text(f"yurt: {text}"))
+                else:
+                    self.stream.write(f"yurt: {text}\n")
+
+    def _open(self) -> None:
+        from rich import progress as rp
+
+        self.bars = rp.Progress(rp.TextColumn("{task.description:<12}"), rp.BarColumn(),
+                                rp.DownloadColumn(binary_units=True), rp.TransferSpeedColumn(),
+                                rp.TimeRemainingColumn(), console=rich_console(self.stream), auto_refresh=False,
+                                redirect_stdout=False, redirect_stderr=False)
+        self.tasks = {"": self.bars.add_task("total", total=None)}
+        self.bars.start()
+        atexit.register(self._close)  # a failed or interrupted pull: leave the terminal as it was (cursor shown)
+
+    def _close(self) -> None:
+        """Stop the bars (their last frame stays on the screen)."""
+        atexit.unregister(self._close)
+        if self.bars is not None:
+            self.bars.stop()
+        self.bars = None
+        self.tasks = {}
+        self.blobs = {}
+
+    def _draw(self) -> None:
+        if self.bars is None:
             return
-        out = []
-        if self.drawn:
-            out.append(f"\x1b[{self.drawn}F")
-        done_all = sum(d for d, _ in self.blobs.values())
-        total_all = sum(t for _, t in self.blobs.values()) or 1
-        lines = []
-        for digest in self.order:
-            done, total = self.blobs[digest]
-            lines.append(f"{digest[7:19]}  {_bar(done, total)}  {_human(done)}/{_human(total)}")
-        lines.append(f"{'total':<12}  {_bar(done_all, total_all)}  {_human(done_all)}/{_human(total_all)}")
-        out.extend("\x1b[2K" + line + "\n" for line in lines)
-        self.stream.write("".join(out))
-        self.stream.flush()
-        self.drawn = len(lines)
-        if final:
-            self.drawn = 0
-
-
-def _bar(done: int, total: int, width: int = 24) -> str:
-    frac = min(1.0, done / total) if total else 1.0
-    filled = int(frac * width)
-    return "[" + "#" * filled + "." * (width - filled) + f"] {frac * 100:5.1f}%"
+        for digest, (done, total) in self.blobs.items():
+            if digest in self.tasks:
+                self.bars.update(self.tasks[digest], completed=done, total=total or None)
+        self.bars.update(self.tasks[""], completed=sum(d for d, _ in self.blobs.values()),
+                         total=sum(t for _, t in self.blobs.values()) or None)
+        self.bars.refresh()

@@ -18,7 +18,7 @@ FLAGS = [
     Flag("platform", "value", None, "platform os/arch[/variant], e.g. linux/arm64/v8", "PLATFORM"),
     *TLS_FLAGS,
     Flag("compression", "value", None, "squashfs compression of the converted image: zstd (default), gzip, lz4",
-         "ALG"),
+         "ALG", choices=("zstd", "gzip", "lz4", "xz", "lzo")),
     Flag("force", short="F", help="download and convert again, and overwrite OUT"),
     Flag("help", short="h", help="show this help"),
 ]
@@ -89,5 +89,7 @@ def main(command: str, argv: list[str], ctx) -> int:
             os.unlink(tmp)
     if not ctx.quiet:
         how = "from the cache" if result.cached else f"{result.downloaded_bytes} bytes downloaded"
-        print(f"yurt: {out} ({result.manifest_digest[:19]}, {how})")
+        from yurt.cli.terminal import done
+
+        done(f"{out} ({result.manifest_digest[:19]}, {how})")
     return 0

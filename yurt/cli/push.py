@@ -8,7 +8,8 @@ from yurt.errors import UsageError
 
 FLAGS = [
     *TLS_FLAGS,
-    Flag("layer-compression", "value", None, "docker:// layer compression: gzip (default) or zstd", "ALG"),
+    Flag("layer-compression", "value", None, "docker:// layer compression: gzip (default) or zstd", "ALG",
+         choices=("gzip", "zstd")),
     Flag("help", short="h", help="show this help"),
 ]
 SYNOPSIS = ("[options] IMAGE REFERENCE",
@@ -26,11 +27,13 @@ def main(command: str, argv: list[str], ctx) -> int:
     image, ref = positionals
     if not ref.startswith(("oras://", "docker://")):
         raise UsageError(f"cannot push to {ref!r}", "use oras://HOST/REPO:TAG or docker://HOST/REPO:TAG")
+    from yurt.cli.terminal import done, status
     from yurt.registry.push import push
 
-    digest, counts = push(image, ref, insecure=values["insecure"], ca_file=values["ca_file"],
-                          layer_compression=values["layer_compression"] or "gzip")
+    with status(f"pushing {image} to {ref}", quiet=ctx.quiet):
+        digest, counts = push(image, ref, insecure=values["insecure"], ca_file=values["ca_file"],
+                              layer_compression=values["layer_compression"] or "gzip")
     if not ctx.quiet:
-        print(f"yurt: pushed {image} to {ref} ({digest}; blobs: {counts['uploaded']} uploaded, "
-              f"{counts['mounted']} mounted from another repository, {counts['present']} already there)")
+        done(f"pushed {image} to {ref} ({digest}; blobs: {counts['uploaded']} uploaded, "
+             f"{counts['mounted']} mounted from another repository, {counts['present']} already there)")
     return 0

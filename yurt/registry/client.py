@@ -1,51 +1,44 @@
 """A client for the OCI distribution API (``/v2/``): manifests, blobs, uploads, tags.
 
 One :class:`RegistryClient` talks to one registry host.  It is safe to share
-between threads (``yurt pull`` downloads layers in parallel).
+between threads (``yurt pull`` downloads layers in parallel).  This module
+holds what the client does with a registry, the blob and manifest operations;
+how each request gets there is in its bases:
 
-* **Transport**: HTTPS with certificate verification against the system's CA
-  store (plus ``ca_file`` when given).  ``insecure=True`` means what it means
-  for Docker: TLS without verification, or plain HTTP when the registry does
-  not speak TLS at all.
-* **Auth**: anonymous first; a ``401`` challenge is answered with HTTP Basic
-  (``WWW-Authenticate: Basic``) or a bearer token fetched from the challenge's
-  ``realm`` for the request's scope (``Bearer``, the Docker token protocol),
-  sending the credentials, if any, to the token server.  Tokens are cached per
-  scope until they expire; once the registry has asked for tokens, later scopes
-  are fetched up front instead of after another ``401``.
+* **Transport** (:mod:`.transport`): HTTPS with certificate verification, or
+  for ``insecure=True`` unverified TLS or plain HTTP; ``5xx``, ``429``, timeouts
+  and dropped connections retried with exponential backoff; every failure one
+  :class:`~yurt.registry.errors.RegistryError` line.
+* **Auth** (:mod:`.challenge`): anonymous first; a ``401`` challenge is
+  answered with HTTP Basic or a bearer token from the challenge's ``realm``
+  (the credentials themselves come from :mod:`.auth`).
 * **Integrity**: manifests fetched by digest and every blob are verified
   against their digest while they stream; blobs land in place only when
   complete and verified (temp file beside the destination, fsync, rename).
-* **Robustness**: ``5xx``, ``429``, timeouts and dropped connections are
-  retried with exponential backoff; an interrupted blob download resumes with
+* **Robustness**: an interrupted blob download resumes with
   ``Range: bytes=N-`` (or starts over when the server ignores ranges).
-* **Errors**: everything ends as one :class:`RegistryError` line, built from
-  the registry's ``{"errors": [{"code", "message"}]}`` body when it sent one.
 
-This is the only module of yurt that imports ``httpx``.
+Choosing a platform from an image index is :mod:`.platforms`.  This module and
+:mod:`.transport` are the only ones of yurt that import ``httpx``.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
-import random
 import re
-import socket
 import ssl
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
 
-from yurt import __version__
-from yurt.errors import ImageError, YurtError
+from yurt.registry.errors import RegistryError
 from yurt.registry.reference import is_digest, normalize_registry, validate_digest
+from yurt.registry.transport import READ_SIZE, USER_AGENT, RegistryTransport, _ssl_context
 from yurt.store.atomic import fsync_path
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -57,137 +50,9 @@ DEFAULT_ACCEPT = (OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST
 INDEX_MEDIA_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
 MANIFEST_MEDIA_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 
-MAX_MANIFEST_SIZE = 4 << 20  # what containerd accepts
 CHUNK_SIZE = 16 << 20  # blob upload PATCH size
-READ_SIZE = 1 << 20
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-MAX_BACKOFF = 30.0
-USER_AGENT = f"yurt/{__version__}"
 
 ProgressCallback = Callable[[int, int | None], None]
-
-
-class RegistryError(YurtError):
-    """A registry operation failed (HTTP error, auth, TLS, network, or content that fails verification).
-
-    ``status`` is the HTTP status when there was a response, ``codes`` the
-    registry's error codes (``MANIFEST_UNKNOWN``, ...), ``retryable`` whether
-    trying again might help.
-    """
-
-    def __init__(self, message: str, hint: str | None = None, *, status: int | None = None,
-                 codes: Sequence[str] = (), retryable: bool = False) -> None:
-        super().__init__(message, hint)
-        self.status = status
-        self.codes = list(codes)
-        self.retryable = retryable
-
-
-# --------------------------------------------------------------------------- platforms
-
-_GO_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "ppc64le": "ppc64le",
-            "s390x": "s390x", "riscv64": "riscv64", "i386": "386", "i686": "386", "loongarch64": "loong64"}
-
-
-def host_platform() -> tuple[str, str, str | None]:
-    """``(os, architecture, variant)`` of this machine in OCI/Go terms, e.g. ``("linux", "arm64", "v8")``."""
-    machine = os.uname().machine
-    if machine.startswith("armv") and machine[4:5].isdigit():  # armv7l, armv6l
-        return "linux", "arm", "v" + machine[4]
-    arch = _GO_ARCH.get(machine, machine)
-    return "linux", arch, "v8" if arch == "arm64" else None
-
-
-def _norm_variant(arch: str, variant: str | None) -> str | None:
-    """Variants that mean the same: arm64 without one is v8, amd64 without one is v1."""
-    if not variant:
-        return {"arm64": "v8", "amd64": "v1"}.get(arch)
-    return variant
-
-
-def _platform_text(platform: dict) -> str:
-    parts = [str(platform.get("os", "?")), str(platform.get("architecture", "?"))]
-    if platform.get("variant"):
-        parts.append(str(platform["variant"]))
-    return "/".join(parts)
-
-
-def resolve_platform(index_doc: dict | bytes | str, os: str = "linux", arch: str | None = None,
-                     variant: str | None = None) -> dict:
-    """The descriptor of the image for ``os/arch[/variant]`` in an image index (or Docker manifest list).
-
-    ``arch`` defaults to this machine's.  Without ``variant`` an entry with
-    this machine's variant is preferred, then the first of the architecture.
-    Attestation manifests (``unknown/unknown``) are never chosen.  Raises
-    :class:`~yurt.errors.ImageError` naming the platforms the index has.
-    """
-    if isinstance(index_doc, (bytes, str)):
-        try:
-            index_doc = json.loads(index_doc)
-        except (ValueError, RecursionError):
-            raise ImageError("the image index is not valid JSON")
-    manifests = index_doc.get("manifests") if isinstance(index_doc, dict) else None
-    if not isinstance(manifests, list):
-        raise ImageError("the image index has no 'manifests' list")
-    prefer_variant = variant
-    if arch is None:
-        _, arch, host_variant = host_platform()
-        prefer_variant = variant or host_variant
-    want_os = os
-    candidates: list[dict] = []
-    available: list[str] = []
-    for desc in manifests:
-        if not isinstance(desc, dict) or "digest" not in desc:
-            continue
-        platform = desc.get("platform") or {}
-        annotations = desc.get("annotations") or {}
-        if annotations.get("vnd.docker.reference.type") == "attestation-manifest" or platform.get("os") == "unknown":
-            continue
-        if platform:
-            available.append(_platform_text(platform))
-        if platform.get("os") == want_os and platform.get("architecture") == arch:
-            candidates.append(desc)
-    if variant:
-        wanted = _norm_variant(arch, variant)
-        candidates = [d for d in candidates if _norm_variant(arch, d["platform"].get("variant")) == wanted]
-    elif len(candidates) > 1 and prefer_variant:
-        wanted = _norm_variant(arch, prefer_variant)
-        exact = [d for d in candidates if _norm_variant(arch, d["platform"].get("variant")) == wanted]
-        candidates = exact or candidates
-    if not candidates:
-        want = "/".join(p for p in (want_os, arch, variant) if p)
-        have = ", ".join(dict.fromkeys(available)) or "none with a platform"
-        raise ImageError(f"the image has no {want} variant; it has: {have}", "choose one with --arch")
-    return candidates[0]
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _ssl_context(ca_file: str | os.PathLike[str] | None) -> ssl.SSLContext:
-    """The system's CA store (certifi's when the system has none), plus ``ca_file``."""
-    ctx = ssl.create_default_context()
-    if not ctx.get_ca_certs():
-        paths = ssl.get_default_verify_paths()
-        capath_empty = not (paths.capath and os.path.isdir(paths.capath) and os.listdir(paths.capath))
-        if capath_empty:
-            try:
-                import certifi  # httpx depends on it
-
-                ctx.load_verify_locations(cafile=certifi.where())
-            except (ImportError, OSError):
-                pass
-    if ca_file is not None:
-        from yurt.readfile import MIB, read_file
-
-        # Read here, not by OpenSSL: its fopen() waits forever on a FIFO and reads /dev/zero to the end.
-        path = os.fspath(ca_file)
-        data = read_file(path, "CA file", 4 * MIB, RegistryError)
-        try:
-            ctx.load_verify_locations(cadata=data.decode("ascii") if b"-----BEGIN" in data else data)
-        except (ValueError, ssl.SSLError) as e:  # not ASCII PEM, or not a certificate
-            raise RegistryError(f"cannot load CA file {path}: {e}", "give PEM or DER certificates")
-    return ctx
 
 
 def _file_mode() -> int:
@@ -200,84 +65,6 @@ def _file_mode() -> int:
     except (OSError, ValueError):
         pass
     return 0o644
-
-
-def _exception_chain(exc: BaseException) -> Iterable[BaseException]:
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        todo.extend((e.__cause__, e.__context__))
-
-
-def _is_refused(exc: BaseException) -> bool:
-    return any(isinstance(e, ConnectionRefusedError) or "connection refused" in str(e).lower()
-               for e in _exception_chain(exc))
-
-
-def _ssl_failure(exc: BaseException) -> ssl.SSLError | None:
-    for e in _exception_chain(exc):
-        if isinstance(e, ssl.SSLError):
-            return e
-    return None
-
-
-def _retryable(exc: httpx.TransportError) -> bool:
-    if isinstance(exc, (httpx.TimeoutException, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)):
-        return True
-    if isinstance(exc, httpx.ConnectError):
-        if _is_refused(exc) or _ssl_failure(exc) is not None:
-            return False
-        return not any(isinstance(e, socket.gaierror) for e in _exception_chain(exc))
-    return False
-
-
-_CHALLENGE_PARAM = re.compile(r'\s*([A-Za-z0-9_.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)\s*,?')
-
-
-def parse_challenge(header: str) -> tuple[str, dict[str, str]] | None:
-    """``'Bearer realm="r",service="s",scope="a:b:pull,push"'`` -> ``("bearer", {...})``."""
-    header = header.strip()
-    if not header:
-        return None
-    scheme, _, rest = header.partition(" ")
-    params: dict[str, str] = {}
-    pos = 0
-    while pos < len(rest):
-        m = _CHALLENGE_PARAM.match(rest, pos)
-        if not m or m.end() == pos:
-            break
-        value = m.group(2)
-        if value.startswith('"'):
-            value = re.sub(r"\\(.)", r"\1", value[1:-1])
-        params[m.group(1).lower()] = value
-        pos = m.end()
-    return scheme.lower(), params
-
-
-def _errors_text(errors: list[tuple[str, str]]) -> str:
-    return "; ".join(f"{code}: {message}" if message else code for code, message in errors)
-
-
-def _registry_errors(body: bytes) -> list[tuple[str, str]]:
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        return []
-    errors = doc.get("errors") if isinstance(doc, dict) else None
-    if not isinstance(errors, list):
-        return []
-    result = []
-    for err in errors:
-        if isinstance(err, dict):
-            code = str(err.get("code") or "UNKNOWN")
-            message = " ".join(str(err.get("message") or "").split())
-            result.append((code, message))
-    return result
 
 
 def _digest_of(data: bytes, algorithm: str = "sha256") -> str:
@@ -306,7 +93,7 @@ def _push_scope(repo: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- client
 
 
-class RegistryClient:
+class RegistryClient(RegistryTransport):
     """Talks to one registry (``host[:port]``); see the module docstring."""
 
     def __init__(self, registry: str, *, insecure: bool = False, ca_file: str | os.PathLike[str] | None = None,
@@ -343,247 +130,6 @@ class RegistryClient:
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.registry!r}, insecure={self.insecure})"
-
-    # -- URLs
-
-    @property
-    def base_url(self) -> str:
-        """``https://host`` or, for an insecure registry without TLS, ``http://host``."""
-        if not self._scheme_known:
-            self._probe_scheme()
-        return f"{self._scheme}://{self.registry}"
-
-    def _probe_scheme(self) -> None:
-        """For ``insecure``: keep HTTPS (unverified) when the registry speaks TLS, else use plain HTTP."""
-        with self._lock:
-            if self._scheme_known:
-                return
-            try:
-                self._http.get(f"https://{self.registry}/v2/").close()
-            except httpx.TransportError as exc:
-                if _ssl_failure(exc) is not None or isinstance(exc, httpx.RemoteProtocolError):
-                    self._scheme = "http"
-                elif _is_refused(exc):
-                    # nothing on the port over TLS either way; plain HTTP is what an insecure registry means
-                    self._scheme = "http"
-            self._scheme_known = True
-
-    def _url(self, path: str) -> str:
-        return self.base_url + path
-
-    # -- auth
-
-    def _basic_header(self) -> str:
-        assert self.credentials is not None
-        user, password = self.credentials
-        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-
-    def _auth_error(self, status: int | None = None, detail: str = "") -> RegistryError:
-        what = "authentication failed" if self.credentials else "authentication required"
-        suffix = f": {detail}" if detail else ""
-        return RegistryError(f"{what} for {self.registry}{suffix}", f"yurt registry login {self.registry}",
-                             status=status)
-
-    def _authorization(self, scopes: tuple[str, ...]) -> str | None:
-        key = " ".join(scopes)
-        with self._lock:
-            cached = self._tokens.get(key)
-            if cached and cached[1] > time.monotonic():
-                return "Bearer " + cached[0]
-            if self._use_basic and self.credentials:
-                return self._basic_header()
-            if self._bearer is not None:
-                return "Bearer " + self._fetch_token(self._bearer, scopes)
-        return None
-
-    def _answer_challenge(self, response: httpx.Response, scopes: tuple[str, ...]) -> bool:
-        """React to a 401; True when a retry with new credentials makes sense."""
-        challenge = parse_challenge(response.headers.get("www-authenticate", ""))
-        if challenge is None:
-            return False
-        scheme, params = challenge
-        with self._lock:
-            if scheme == "basic":
-                if not self.credentials or self._use_basic:
-                    return False
-                self._use_basic = True
-                return True
-            if scheme == "bearer":
-                realm = params.get("realm")
-                if not realm:
-                    raise RegistryError(f"registry {self.registry} asked for a bearer token without a realm")
-                self._bearer = {"realm": realm, "service": params.get("service", "")}
-                wanted = scopes
-                if params.get("scope"):
-                    extra = tuple(s for s in params["scope"].split(" ") if s and s not in scopes)
-                    wanted = scopes + extra
-                self._tokens.pop(" ".join(scopes), None)
-                token = self._fetch_token(self._bearer, wanted)
-                self._tokens[" ".join(scopes)] = (token, self._tokens[" ".join(wanted)][1])
-                return True
-        return False
-
-    def _fetch_token(self, bearer: dict[str, str], scopes: tuple[str, ...]) -> str:
-        """A bearer token for ``scopes`` from the token server (Docker token protocol); cached."""
-        params = [("service", bearer["service"])] if bearer.get("service") else []
-        params += [("scope", s) for s in scopes]
-        headers = {"Authorization": self._basic_header()} if self.credentials else {}
-        response = self._send("GET", bearer["realm"], params=params, headers=headers, auth=False)
-        try:
-            if response.status_code in (401, 403):
-                raise self._auth_error(response.status_code)
-            if response.status_code != 200:
-                raise self._error(response, "token request")
-            try:
-                doc = json.loads(response.read())
-            except (ValueError, RecursionError):
-                raise RegistryError(f"the token server of {self.registry} did not answer JSON")
-        finally:
-            response.close()
-        token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
-        if not isinstance(token, str) or not token:
-            raise RegistryError(f"the token server of {self.registry} sent no token")
-        try:
-            lifetime = max(60, int(doc.get("expires_in") or 60))
-        except (TypeError, ValueError):
-            lifetime = 60
-        self._tokens[" ".join(scopes)] = (token, time.monotonic() + lifetime - 10)
-        return token
-
-    # -- the request loop
-
-    def _sleep(self, attempt: int, response: httpx.Response | None = None) -> None:
-        delay = self.backoff * (2 ** attempt)
-        if response is not None:
-            retry_after = response.headers.get("retry-after", "")
-            if retry_after.strip().isdigit():
-                delay = max(delay, float(retry_after))
-        delay = min(delay, MAX_BACKOFF) * random.uniform(0.8, 1.2)
-        time.sleep(delay)
-
-    def _send(self, method: str, url: str | httpx.URL, *, scopes: tuple[str, ...] = (),
-              headers: dict[str, str] | None = None, params: object = None, content: bytes | None = None,
-              stream: bool = False, retry: bool = True, auth: bool = True) -> httpx.Response:
-        """Send one request: auth challenges answered, retryable failures retried.
-
-        Returns the response for any status but 401/403 (which raise); the
-        caller checks the status and closes the response.
-        """
-        attempt = 0
-        reauthorized = False
-        while True:
-            request_headers = dict(headers or {})
-            if auth:
-                authorization = self._authorization(scopes)
-                if authorization:
-                    request_headers["Authorization"] = authorization
-            try:
-                request = self._http.build_request(method, url, headers=request_headers, params=params,
-                                                   content=content)
-                response = self._http.send(request, stream=stream)
-            except httpx.TransportError as exc:
-                if retry and self._backoff(attempt, exc):
-                    attempt += 1
-                    continue
-                raise self._transport_error(exc)
-            if auth and response.status_code == 401:
-                if not reauthorized and self._answer_challenge(response, scopes):
-                    response.close()
-                    reauthorized = True
-                    continue
-                response.close()
-                raise self._auth_error(401)
-            if auth and response.status_code == 403:
-                raise self._auth_error(403, self._error_text(response))
-            if retry and response.status_code in RETRY_STATUSES and attempt < self.retries:
-                response.close()
-                self._sleep(attempt, response)
-                attempt += 1
-                continue
-            return response
-
-    def _backoff(self, attempt: int, exc: Exception) -> bool:
-        """After a transport error: wait and say yes when this attempt may be retried (a reset, a timeout)."""
-        if attempt < self.retries and _retryable(exc):
-            self._sleep(attempt)
-            return True
-        return False
-
-    # -- errors
-
-    @staticmethod
-    def _response_errors(response: httpx.Response) -> list[tuple[str, str]]:
-        """The registry's ``errors`` of a failed response (which is read and closed)."""
-        try:
-            body = response.read()
-        except httpx.HTTPError:
-            body = b""
-        finally:
-            response.close()
-        return _registry_errors(body)
-
-    def _error_text(self, response: httpx.Response) -> str:
-        return _errors_text(self._response_errors(response))
-
-    def _error(self, response: httpx.Response, what: str) -> RegistryError:
-        errors = self._response_errors(response)
-        text = _errors_text(errors) or f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
-        return RegistryError(f"registry {self.registry}: {text} ({what})", status=response.status_code,
-                             codes=[c for c, _ in errors], retryable=response.status_code in RETRY_STATUSES)
-
-    def _transport_error(self, exc: httpx.TransportError) -> RegistryError:
-        host = self.registry
-        try:
-            url_host = exc.request.url.netloc.decode("ascii")
-            host = url_host or host
-        except (RuntimeError, AttributeError, UnicodeDecodeError):
-            pass
-        ssl_error = _ssl_failure(exc)
-        if isinstance(ssl_error, ssl.SSLCertVerificationError):
-            reason = ssl_error.verify_message or ssl_error.reason or str(ssl_error)
-            return RegistryError(f"TLS certificate verification failed for {host}: {reason}",
-                                 "use --insecure to skip verification, or --ca-file with the CA that signed "
-                                 "the registry's certificate")
-        if ssl_error is not None:
-            reason = ssl_error.reason or str(ssl_error)
-            return RegistryError(f"TLS handshake with {host} failed: {reason}",
-                                 "if the registry serves plain HTTP, use --insecure")
-        if _is_refused(exc):
-            return RegistryError(f"cannot connect to registry {host}: connection refused",
-                                 "is the registry running, and the host and port right?")
-        if any(isinstance(e, socket.gaierror) for e in _exception_chain(exc)):
-            return RegistryError(f"cannot resolve registry host {host.rsplit(':', 1)[0]}")
-        if isinstance(exc, httpx.TimeoutException):
-            return RegistryError(f"registry {host} did not answer within {self.timeout:g} s", retryable=True)
-        detail = str(exc) or type(exc).__name__
-        return RegistryError(f"connection to registry {host} failed: {detail}", retryable=_retryable(exc))
-
-    # -- small documents
-
-    def _get_document(self, url: str, scopes: tuple[str, ...], headers: dict[str, str], what: str,
-                      limit: int = MAX_MANIFEST_SIZE) -> tuple[httpx.Response, bytes]:
-        """GET a small document, read in full (at most ``limit`` bytes); retried as a whole."""
-        attempt = 0
-        while True:
-            response = self._send("GET", url, scopes=scopes, headers=headers, stream=True)
-            if response.status_code != 200:
-                raise self._error(response, what)
-            chunks: list[bytes] = []
-            total = 0
-            try:
-                for chunk in response.iter_bytes(READ_SIZE):
-                    total += len(chunk)
-                    if total > limit:
-                        raise RegistryError(f"registry {self.registry}: the {what} is larger than {limit} bytes")
-                    chunks.append(chunk)
-            except httpx.TransportError as exc:
-                if self._backoff(attempt, exc):
-                    attempt += 1
-                    continue
-                raise self._transport_error(exc)
-            finally:
-                response.close()
-            return response, b"".join(chunks)
 
     # -- pull side
 

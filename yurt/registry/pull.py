@@ -94,7 +94,7 @@ def _client_for(ref, options: PullOptions):
 
 
 def _pull_remote(ref_text: str, options: PullOptions, store) -> PullResult:
-    from yurt.registry.client import resolve_platform
+    from yurt.registry.platforms import resolve_platform
     from yurt.registry.reference import parse_reference
 
     ref = parse_reference(ref_text)
