@@ -7,14 +7,15 @@ which file was wrong in one line; :func:`text` decodes UTF-8 the same way and re
 naming the line.  A pipe from the shell (``--env-file <(cmd)``) still works: its writer is
 already there when yurt opens it.  This is the one reader of such files: definition files,
 Dockerfiles and build-arg files (:mod:`yurt.builder.executor`), ``yurt convert``'s input,
-``--env-file``, the site and user config files (:mod:`yurt.configfile`), ``--ca-file``, the
-registry auth file, and the host's apt sources (with ``nofollow``).
+``--env-file``, the site and user config files (:mod:`yurt.configfile`), OCI hook definitions
+and CDI specs, ``--ca-file``, the registry auth file, and the host's apt sources (with ``nofollow``).
 
 Files inside an image are another matter: they are read within its root without following any
 symlink (:mod:`yurt.image.inroot`).
 
-Bottom layer: imports nothing of yurt but :mod:`yurt.errors`, and only ``os`` and ``stat`` (it is
-on ``yurt exec``'s path once a config file exists, like :mod:`yurt.configfile`).
+Bottom layer: imports nothing of yurt but :mod:`yurt.errors`, and only ``os`` and ``stat``.  It is
+on ``yurt exec``'s path only once there is a file to read (a config file, ``--env-file``, a hook
+definition), so the exec-path contract in ``pyproject.toml`` lists it.
 """
 
 from __future__ import annotations
