@@ -62,6 +62,12 @@ SYS_PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 TEST_ENV_COMMON := PATH=$(VENV)/bin:$(SYS_PATH) LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 \
 	CI="$${CI:-}" TERM="$${TERM:-dumb}"
 YURT := $(VENV)/bin/yurt
+# Each test pass runs in a mount namespace of its own with an empty tmpfs on /etc/yurt: the site file
+# the policy tests install (a real /etc/yurt/yurt.toml, read at its fixed path) is seen by that pass
+# only, never by other users or jobs of the machine, and a crashed test cannot leave it behind; the
+# machine's own /etc/yurt (site hooks, library lists) cannot change what the tests see either.
+PRIVATE_SITE_DIR := unshare -m --propagation private -- \
+	sh -c 'mount -t tmpfs -o mode=0755 yurt-test-etc /etc/yurt && exec "$$@"' private-site-dir
 
 .PHONY: help deps install install-completions dist demo test test-setup test-user stage lint bench clean distclean
 
@@ -306,12 +312,13 @@ test: test-setup
 	echo "==> lint (ruff, lint-imports): the tests run after it either way"
 	( $(call run_lint) ) || lint=$$?
 	cd '$(STAGE)'
+	mkdir -p /etc/yurt
 	echo "==> [1/2] rootless tests as $(TEST_USER) in $(STAGE): pytest -m 'not root' $(PYTEST_PATHS)"
-	runuser -u '$(TEST_USER)' -- env -i HOME=/home/$(TEST_USER) USER=$(TEST_USER) LOGNAME=$(TEST_USER) \
+	$(PRIVATE_SITE_DIR) runuser -u '$(TEST_USER)' -- env -i HOME=/home/$(TEST_USER) USER=$(TEST_USER) LOGNAME=$(TEST_USER) \
 		$(TEST_ENV_COMMON) $(TEST_ARTIFACTS) \
 		'$(VENV)/bin/python' -m pytest -m 'not root' $(PYTEST_FLAGS) $(PYTEST_PATHS) || rootless=$$?
 	echo "==> [2/2] root-only tests as root in $(STAGE): pytest -m root $(PYTEST_PATHS)"
-	env -i HOME=/root USER=root LOGNAME=root $(TEST_ENV_COMMON) $(TEST_ARTIFACTS) \
+	$(PRIVATE_SITE_DIR) env -i HOME=/root USER=root LOGNAME=root $(TEST_ENV_COMMON) $(TEST_ARTIFACTS) \
 		'$(VENV)/bin/python' -m pytest -m root $(PYTEST_FLAGS) $(PYTEST_PATHS) || root=$$?
 	if [ "$$root" = 5 ]; then echo "==> (no root-only tests collected)"; root=0; fi
 	echo "==> lint: exit $$lint; rootless pass: exit $$rootless; root pass: exit $$root"

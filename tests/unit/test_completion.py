@@ -184,9 +184,12 @@ zmodload zsh/zpty
 zpty z zsh -f -i
 zpty -w z "PS1='' PROMPT_EOL_MARK=''; fpath=($1 \$fpath); autoload -U compinit; compinit -u -D"
 zpty -w z "compadd() { local -a m; builtin compadd -O m \"\$@\"; print -rl -- \$m >> $2; builtin compadd \"\$@\" }"
-zpty -w z "zstyle ':completion:*' menu no; setopt nolistbeep; print READY"
+zpty -w z "zstyle ':completion:*' menu no; setopt nolistbeep"
+zpty -w z "yurt-tab() { zle expand-or-complete; zle -M COMPLETION-FINISHED }; zle -N yurt-tab; bindkey '^T' yurt-tab"
+zpty -w z "print READY"
 zpty -r z line '*READY*'
-zpty -w -n z "$3"$'\t'
+zpty -w -n z "$3"$'\C-t'
+zpty -r z line '*COMPLETION-FINISHED*'
 zpty -w z $'\C-u'"print DONE"
 zpty -r z line '*DONE*'
 zpty -d z
@@ -194,7 +197,11 @@ zpty -d z
 
 
 def zsh_complete(script: Path, line: str, cwd: Path) -> list[str]:
-    """What zsh's completion system adds as matches for ``line`` + TAB, with ``script`` autoloaded as _yurt."""
+    """What zsh's completion system adds as matches for ``line`` + TAB, with ``script`` autoloaded as _yurt.
+
+    The key is a widget that completes and then says so: the next line is typed only after the
+    completion finished, since compsys skips its work when more input is already pending (a loaded
+    machine made the plain TAB-then-type version flaky)."""
     out = cwd.parent / f"{cwd.name}.matches"
     out.write_text("")
     subprocess.run(["zsh", "-f", "-c", ZSH_HARNESS, "zsh", str(script.parent), str(out), line], cwd=cwd,
