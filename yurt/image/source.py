@@ -51,7 +51,8 @@ class Image(Record):
         if raw is None and self.kind == "sandbox":
             from yurt.image import inroot
 
-            raw = inroot.read_file(self.path, "/.singularity.d/oci-config.json", where=self.path)
+            root = self.fd if self.fd is not None else self.path  # the directory open_image checked
+            raw = inroot.read_file(root, "/.singularity.d/oci-config.json", where=self.path)
             where = "/.singularity.d/oci-config.json"
         if not raw:
             return None
