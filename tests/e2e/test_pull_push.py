@@ -378,7 +378,11 @@ def test_site_allowed_registries_admit_and_refuse(yurt_cmd, pushed_busybox, cach
     site = tmp_path / "site.toml"
     site.write_text(f'allowed_registries = ["{host}/test"]\nallowed_image_paths = ["{tmp_path}/none"]\n')
     env = {**cache_env, "YURT_INSECURE_REGISTRIES": host, "YURT_SITE_CONFIG": str(site)}
-    assert ok(yurt_cmd("exec", f"docker://{pushed_busybox}", "echo", "allowed", env=env)) == "allowed\n"
+    r = yurt_cmd("exec", f"docker://{pushed_busybox}", "echo", "allowed", env=env)
+    assert ok(r) == "allowed\n"
+    # under the policy it ran from a private copy in memory: no SIF was written to the (user's) cache
+    assert "in memory for this run" in r.stderr and _sif_count(Path(cache_env["YURT_CACHEDIR"])) == 0
+    ok(yurt_cmd("pull", str(tmp_path / "img.sif"), f"docker://{pushed_busybox}", env=env))  # pulling still caches
     sif = next((Path(cache_env["YURT_CACHEDIR"]) / "sif").glob("*.sif"))
     r = yurt_cmd("exec", sif, "true", env=env)  # the same image named by path: the path rules apply
     assert r.returncode == 255 and "not in a location the site allows" in r.stderr

@@ -103,7 +103,6 @@ def main(command: str, argv: list[str], ctx) -> int:
 
 def plan_from(command: str, values: dict, positionals: list[str], ctx):
     """Parsed flags and ``IMAGE ARGS...`` -> (ContainerSpec, Image), resource limits included."""
-    from yurt.image.source import open_image
     from yurt.runtime.plan import ActionRequest, parse_binds, plan_container
 
     parse_binds(values["bind"])  # the syntax, before an image is opened or pulled
@@ -112,7 +111,7 @@ def plan_from(command: str, values: dict, positionals: list[str], ctx):
     # default): `--app "$APP"` with APP empty runs no app.
     if values["hostname"]:
         check_hostname(values["hostname"])
-    image = open_image(_pulled(positionals[0], ctx))  # a registry's policy is checked by the pull
+    image = _opened(positionals[0], ctx)  # a registry's policy is checked by the pull
     size = values["writable_tmpfs_size"]
     req = ActionRequest(
         action=command,
@@ -236,14 +235,17 @@ def _mpi_hook(spec, env: dict[str, str]) -> None:
 INTEGRATIONS = {"yurt-mpi.json": _mpi_hook}
 
 
-def _pulled(ref: str, ctx) -> str:
-    """``docker://``, ``oras://``, ``oci:``...: the cached SIF (pulled first when missing)."""
+def _opened(ref: str, ctx):
+    """The image ``ref`` names, opened: a path, or for ``docker://``, ``oras://``, ``oci:``... the cached SIF
+    (pulled first when missing), or under a site policy a private copy in memory (yurt.registry.private)."""
     if not ref.startswith(("docker://", "oras://", "oci:", "oci-archive:", "docker-archive:")):
-        return ref
-    from yurt.cli.pull import options_from_environment
-    from yurt.registry.pull import pull
+        from yurt.image.source import open_image
 
-    return str(pull(ref, options_from_environment(ctx)).sif)
+        return open_image(ref)
+    from yurt.cli.pull import options_from_environment
+    from yurt.registry.pull import open_pulled
+
+    return open_pulled(ref, options_from_environment(ctx))
 
 
 def _rootfs_for(image, unsquash: bool, debug: bool):
@@ -251,6 +253,8 @@ def _rootfs_for(image, unsquash: bool, debug: bool):
 
     from yurt.image import rootfs
 
+    if image.produce is not None:  # under a site policy: a registry/OCI image converted in memory, now
+        image.produce(image)
     if image.kind == "sandbox":
         return rootfs.DirectoryRootfs(image.path, fd=image.fd)
     return rootfs.squashfs_rootfs(image.path, image.offset, image.size, real_root=os.geteuid() == 0,

@@ -27,14 +27,18 @@ REMOTE_SCHEMES = ("docker://", "oras://", "library://", "shub://", "oci:", "oci-
 class Image(Record):
     """An image on disk and the metadata the launcher needs from it."""
 
-    __slots__ = ("path", "kind", "offset", "size", "objects", "fd")
-    _defaults = {"offset": 0, "size": 0, "objects": dict, "fd": None}
+    __slots__ = ("path", "kind", "offset", "size", "objects", "fd", "produce")
+    _defaults = {"offset": 0, "size": 0, "objects": dict, "fd": None, "produce": None}
     path: str
     kind: str  # "sif", "squashfs" or "sandbox"
     offset: int
     size: int
     objects: dict[str, bytes]
     fd: int | None  # the image as open_image opened it (close-on-exec; kept for the life of the process)
+    # Called as produce(image) before the image's root is needed, when it has no fd yet: a registry or
+    # OCI image under a site policy, converted into memory only when it is going to run (not to plan a
+    # join, nor in the --sharens ranks that join); it sets fd, offset and size (yurt.registry.private).
+    produce: object
 
     @property
     def name(self) -> str:
@@ -76,6 +80,13 @@ def open_image(ref: str) -> Image:
         raise
 
 
+def open_image_fd(fd: int, name: str) -> Image:
+    """The image in the file already open at ``fd`` (a private memory copy, :mod:`yurt.registry.private`),
+    known as ``name`` (what the user gave: ``YURT_CONTAINER``, messages).  The image owns ``fd`` from
+    now on, as it does what :func:`open_image` opens."""
+    return _identify(name, fd, path=name)
+
+
 def _open_once(ref: str) -> int:
     """A descriptor for the file or directory ``ref`` names; FIFOs and devices are refused without being
     opened (an ``O_PATH`` descriptor is looked at first, then reopened through ``/proc/self/fd``: the same
@@ -109,11 +120,11 @@ def _open_once(ref: str) -> int:
             os.close(probe)
 
 
-def _identify(ref: str, fd: int) -> Image:
+def _identify(ref: str, fd: int, path: str | None = None) -> Image:
     st = os.fstat(fd)
     if stat.S_ISDIR(st.st_mode):
         return Image(path=os.readlink(f"/proc/self/fd/{fd}"), kind="sandbox", fd=fd)
-    path = os.path.abspath(ref)
+    path = path or os.path.abspath(ref)
     try:
         head = os.pread(fd, 64, 0)
     except OSError as e:

@@ -103,9 +103,47 @@ def tar_to_squashfs(
     ``merge_s`` (Python decompressing and merging), ``wait_s`` (blocked on tar2sqfs),
     ``finish_s`` (tar2sqfs after the end of input), ``total_s``, ``tar_bytes``, ``entries``.
     """
+    out_path = os.fspath(out_path)
+    directory = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(directory):
+        raise ImageError(f"cannot write {out_path}: directory {directory} does not exist")
+    tmp = os.path.join(directory, f".{os.path.basename(out_path)}.tmp-{os.urandom(6).hex()}")
+    ok = False
+    try:
+        _run_tar2sqfs(layers, tmp, (), compression=compression, level=level, processors=processors,
+                      reproducible_epoch=reproducible_epoch, max_bytes=max_bytes, stats=stats)
+        os.rename(tmp, out_path)
+        ok = True
+    finally:
+        if not ok:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+
+def tar_to_squashfs_fd(layers: Iterable[Layer], out_fd: int, **options) -> None:
+    """:func:`tar_to_squashfs` into the open file ``out_fd`` (a memory file, :mod:`yurt.store.memcopy`),
+    which ``tar2sqfs`` writes through ``/proc/self/fd/N`` of its inherited copy: no path in any directory
+    is involved (a site policy's private conversions).  ``out_fd`` is truncated first."""
+    _run_tar2sqfs(layers, f"/proc/self/fd/{out_fd}", (out_fd,), **options)
+
+
+def _run_tar2sqfs(
+    layers: Iterable[Layer],
+    target: str,
+    pass_fds: tuple[int, ...],
+    *,
+    compression: str = DEFAULT_COMPRESSION,
+    level: int | None = None,
+    processors: int | None = None,
+    reproducible_epoch: int | None = None,
+    max_bytes: int | None = None,
+    stats: dict | None = None,
+) -> None:
+    """Run ``tar2sqfs`` writing ``target``, fed the merged tar of ``layers`` (see :func:`tar_to_squashfs`)."""
     from yurt.image.squashfs import thread_count
 
-    out_path = os.fspath(out_path)
     comp_args = _compressor_args(compression, level)
     nproc = thread_count(processors)
     if nproc < 1:
@@ -114,17 +152,13 @@ def tar_to_squashfs(
     from yurt.programs import helper_env, require
 
     exe = require("tar2sqfs", "install squashfs-tools-ng", ImageError)
-    directory = os.path.dirname(os.path.abspath(out_path))
-    if not os.path.isdir(directory):
-        raise ImageError(f"cannot write {out_path}: directory {directory} does not exist")
-    tmp = os.path.join(directory, f".{os.path.basename(out_path)}.tmp-{os.urandom(6).hex()}")
     cmd = [exe, "-q", "-f", "--no-skip", *comp_args, "-j", str(nproc),
-           "--defaults", f"uid=0,gid=0,mode=0755,mtime={epoch}", tmp]
+           "--defaults", f"uid=0,gid=0,mode=0755,mtime={epoch}", target]
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as err:
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
-                                    bufsize=1 << 20, env=helper_env())
+                                    bufsize=1 << 20, env=helper_env(), pass_fds=pass_fds)
         except OSError as e:
             raise ImageError(f"cannot run tar2sqfs: {e.strerror}", "install squashfs-tools-ng")
         assert proc.stdin is not None
@@ -146,7 +180,6 @@ def tar_to_squashfs(
                 err.seek(0)
                 detail = _last_line(err.read()) if rc != 0 else "it stopped reading its input"
                 raise ImageError(f"tar2sqfs failed: {detail}")
-            os.rename(tmp, out_path)
             ok = True
         finally:
             if not ok and proc.poll() is None:
@@ -156,11 +189,6 @@ def tar_to_squashfs(
             except OSError:
                 pass
             proc.wait()
-            if not ok:
-                try:
-                    os.unlink(tmp)
-                except FileNotFoundError:
-                    pass
     if stats is not None:
         total = time.perf_counter() - t0
         stats.update(merge_stats)

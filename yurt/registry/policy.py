@@ -2,7 +2,7 @@
 
 One check for everything that reaches a registry through a reference: ``yurt pull``,
 ``yurt push``, ``yurt exec docker://...`` and the ``docker``/``oras`` bootstrap of ``yurt build``
-(they all get their client from :func:`yurt.registry.pull._client_for`).  It runs before any
+(they all get their client from :func:`yurt.registry.fetch.client_for`).  It runs before any
 network traffic, so a refused registry is never contacted.
 """
 

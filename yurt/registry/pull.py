@@ -6,39 +6,27 @@ and converts nothing; two images sharing layers share blobs; many processes
 asking at once (every rank of a job) convert once, under a lock, and all find
 the result.  Conversion streams the merged layers straight into squashfs
 (:mod:`yurt.image.layers`), never unpacking the image to disk.
+
+Running is :func:`open_pulled`: the cached SIF, except under a site policy, where the cache (the
+user's to write) is not trusted and the image is verified and converted in memory for each run
+(:mod:`yurt.registry.private`); ``yurt pull`` itself fills the cache as always.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from yurt.errors import ImageError, UsageError
 from yurt.image import metadata
 from yurt.record import Record
+from yurt.registry.fetch import SIF_LAYER_TYPES, PullOptions, fetch_blobs, resolve_manifest
+
+__all__ = ["PullOptions", "PullResult", "is_pullable", "open_pulled", "pull"]
 
 LOCAL_SCHEMES = ("oci:", "oci-archive:", "docker-archive:")
 REMOTE_SCHEMES = ("docker://", "oras://")
-INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
-               "application/vnd.docker.distribution.manifest.list.v2+json")
-SIF_LAYER_TYPES = ("application/vnd.sylabs.sif.layer.v1.sif", "application/vnd.sylabs.sif.layer.v1+sif")
-PARALLEL_DOWNLOADS = 4
-
-
-class PullOptions(Record):
-    __slots__ = ("arch", "variant", "insecure", "ca_file", "compression", "force", "quiet", "progress")
-    _defaults = {"arch": None, "variant": None, "insecure": False, "ca_file": None, "compression": "zstd",
-                 "force": False, "quiet": False, "progress": None}
-    arch: str | None
-    variant: str | None
-    insecure: bool
-    ca_file: str | None
-    compression: str
-    force: bool
-    quiet: bool
-    progress: object
 
 
 class PullResult(Record):
@@ -53,6 +41,23 @@ class PullResult(Record):
 
 def is_pullable(ref: str) -> bool:
     return ref.startswith(REMOTE_SCHEMES + LOCAL_SCHEMES)
+
+
+def open_pulled(ref_text: str, options: PullOptions | None = None):
+    """``yurt exec|run|shell|instance start REF`` for a pullable REF: the Image to run.
+
+    Without a site policy, the cached SIF (:func:`pull` first).  Under one the cache is the user's, so
+    nothing in it is trusted: :mod:`yurt.registry.private` verifies and converts in memory instead.
+    """
+    from yurt.programs import policy_in_force
+
+    if policy_in_force():
+        from yurt.registry.private import open_private
+
+        return open_private(ref_text, options or PullOptions())
+    from yurt.image.source import open_image
+
+    return open_image(str(pull(ref_text, options).sif))
 
 
 def pull(ref_text: str, options: PullOptions | None = None, store=None) -> PullResult:
@@ -80,35 +85,11 @@ def _pull_local(ref_text: str, options: PullOptions, store) -> PullResult:
 
 # --- registries ---------------------------------------------------------------
 
-def _client_for(ref, options: PullOptions):
-    """A client for ``ref``'s registry, once the site's ``allowed_registries`` admits it."""
-    from yurt.registry import auth
-    from yurt.registry.client import RegistryClient
-    from yurt.registry.policy import check_reference
-
-    check_reference(ref)
-    registry = ref.registry
-    insecure = options.insecure or auth.is_insecure(registry)
-    return RegistryClient(registry, insecure=insecure, ca_file=options.ca_file,
-                          credentials=auth.credentials_for(registry))
-
-
 def _pull_remote(ref_text: str, options: PullOptions, store) -> PullResult:
-    from yurt.registry.platforms import resolve_platform
-    from yurt.registry.reference import parse_reference
-
-    ref = parse_reference(ref_text)
-    client = _client_for(ref, options)
     timings: dict[str, float] = {}
     t0 = time.monotonic()
-    body, media_type, digest = client.get_manifest(ref.repository, ref.ref)
-    doc = metadata.parse_object(body, f"the manifest of {ref}")
-    if media_type in INDEX_TYPES or doc.get("manifests") is not None:
-        desc = resolve_platform(doc, arch=options.arch, variant=options.variant)
-        body, media_type, digest = client.get_manifest(ref.repository, desc["digest"])
-        doc = metadata.parse_object(body, f"the manifest of {ref}")
+    ref, client, doc, digest = resolve_manifest(ref_text, options, store)
     timings["manifest"] = time.monotonic() - t0
-    store.set_ref(str(ref), digest, {"media_type": media_type})
     if ref.transport == "oras":
         return _pull_oras(client, ref, doc, digest, options, store)
     if store.has_sif(digest) and not options.force:
@@ -119,7 +100,7 @@ def _pull_remote(ref_text: str, options: PullOptions, store) -> PullResult:
     if not layers_desc or "digest" not in config_desc:
         raise ImageError(f"{ref}: the manifest lists no layers or no config")
     t0 = time.monotonic()
-    downloaded = _fetch_blobs(client, ref.repository, [config_desc, *layers_desc], store, options)
+    downloaded = fetch_blobs(client, ref.repository, [config_desc, *layers_desc], store, options)
     timings["download"] = time.monotonic() - t0
     config = metadata.parse_object(store.blob_path(config_desc["digest"]).read_bytes(), f"the config of {ref}")
     from yurt.image.layer_blob import Layer
@@ -129,38 +110,6 @@ def _pull_remote(ref_text: str, options: PullOptions, store) -> PullResult:
     result = _convert(store, digest, config, layers, options, downloaded)
     result.timings.update(timings)
     return result
-
-
-def _fetch_blobs(client, repository: str, descriptors: list[dict], store, options: PullOptions) -> int:
-    """Download missing blobs in parallel into the store; return the bytes downloaded."""
-    missing = []
-    for d in descriptors:
-        if "digest" not in d or "size" not in d:
-            raise ImageError(f"{repository}: a manifest descriptor lacks digest or size")
-        if not store.has_blob(d["digest"], d["size"]):
-            missing.append(d)
-    if not missing:
-        return 0
-    progress = options.progress
-
-    def fetch(d: dict) -> int:
-        def report(done: int, total: int) -> None:
-            if progress is not None:
-                progress.update(d["digest"], done, total)
-
-        if progress is not None:
-            progress.start(d["digest"], d["size"])
-        with store.lock(store.lock_name(d["digest"])):
-            if not store.has_blob(d["digest"], d["size"]):
-                client.fetch_blob(repository, d["digest"], d["size"], store.blob_path(d["digest"]), report)
-        # remembered so that `yurt push` to another repository here can mount it instead of uploading
-        store.set_ref(f"blob@{client.registry}/{d['digest']}", d["digest"], {"repository": repository})
-        if progress is not None:
-            progress.finish(d["digest"])
-        return int(d["size"])
-
-    with ThreadPoolExecutor(max_workers=min(PARALLEL_DOWNLOADS, len(missing))) as pool:
-        return sum(pool.map(fetch, missing))
 
 
 def _convert(store, manifest_digest: str, config: dict, layers: list, options: PullOptions,
@@ -195,7 +144,7 @@ def _pull_oras(client, ref, manifest: dict, digest: str, options: PullOptions, s
     if len(layers) != 1:
         raise ImageError(f"{ref} is not a SIF artifact (expected one layer of type {SIF_LAYER_TYPES[0]})")
     layer = layers[0]
-    downloaded = _fetch_blobs(client, ref.repository, [layer], store, options)
+    downloaded = fetch_blobs(client, ref.repository, [layer], store, options)
     final = store.sif_path(digest)
     if options.force:
         final.unlink(missing_ok=True)

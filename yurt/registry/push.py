@@ -67,11 +67,11 @@ def push(image: str, ref_text: str, *, insecure: bool = False, ca_file: str | No
     Returns the manifest digest and how many blobs were uploaded, mounted from
     another repository, or already present.
     """
-    from yurt.registry.pull import PullOptions, _client_for
+    from yurt.registry.fetch import PullOptions, client_for
     from yurt.registry.reference import parse_reference
 
     ref = parse_reference(ref_text)
-    client = _client_for(ref, PullOptions(insecure=insecure, ca_file=ca_file))
+    client = client_for(ref, PullOptions(insecure=insecure, ca_file=ca_file))
     counts = {"uploaded": 0, "mounted": 0, "present": 0}
     if ref.transport == "oras":
         if not os.path.isfile(image):
