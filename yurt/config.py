@@ -38,7 +38,8 @@ each came from):
     Registries ``yurt pull``, ``yurt push``, ``yurt exec docker://...`` and the ``docker``/``oras``
     bootstrap of ``yurt build`` may talk to.  ``docker.io`` means Docker Hub;
     ``"docker.io/library"`` allows only its official images.  ``[]`` allows none.  Images from an
-    allowed registry are run from the cache without the two image checks above.
+    allowed registry are run without the two image checks above, from a verified copy in memory
+    rather than the cache (see "Site policy" below).
 ``helper_path`` (list of absolute directories, site file only; default ``["/usr/libexec/yurt",
     "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]``)
     Where yurt looks for the programs it runs itself (``squashfuse_ll``, ``unsquashfs``,
@@ -96,7 +97,16 @@ user can change between a check and its use:
   which the user can write: it is unpacked for this run only, into a tmpfs inside the container's own
   mount namespace (:class:`yurt.image.rootfs.ExtractedSquashfs`), and is gone when the container
   ends.  A digest manifest would not help: yurt runs as the user, so any manifest it can write the
-  user can forge, and a tree checked at start-up stays writable by the user while it runs.
+  user can forge, and a tree checked at start-up stays writable by the user while it runs;
+* an image from a registry or a local OCI source (``docker://``, ``oras://``, ``oci:``, archives) is
+  not run from the user's image cache, which the user can write either: the manifest is resolved at
+  the registry on every run, each blob is copied from the cache into an anonymous, then sealed,
+  memory file and checked there against the manifest's digest and size (a mismatch is repaired by
+  downloading the blob again), and the layers are converted into another memory file, which is what
+  runs (:mod:`yurt.registry.private`).  Per run this costs memory (the compressed layers and the
+  squashfs while converting, then the squashfs while the container runs: once per node with
+  ``--sharens``, once per instance) and the conversion's time (seconds for a 100 MB image; README,
+  "Site policy").  ``yurt pull`` still fills the cache.
 
 Without a policy yurt behaves as before: ``PATH`` is searched, and ``--unsquash`` storms share one
 unpacked copy per node.  Per-user directories in shared places (``/tmp/yurt-<uid>``,

@@ -1,5 +1,8 @@
 """The user's image cache: content-addressed blobs, converted SIFs and resolved references.
 
+The user can write all of it, so under a site policy nothing here is run or trusted as it is: blobs
+are copied out and checked (:mod:`yurt.store.memcopy`, :mod:`yurt.registry.private`).
+
 Layout under ``$YURT_CACHEDIR`` (default: ``cache_dir`` in the config, else ``~/.cache/yurt``; mode 0700)::
 
     blobs/sha256/<hex>          registry blobs, named by the digest of their content
