@@ -139,7 +139,8 @@ def _check_descriptor(desc: object, where: str) -> None:
 
 
 def _config(blobs: _Blobs, desc: dict, where: str) -> dict:
-    if desc.get("size", 0) > MAX_CONFIG_BYTES:
+    _check_descriptor(desc, where)
+    if desc["size"] > MAX_CONFIG_BYTES:
         raise ImageError(f"{where}: the image config is too large ({desc.get('size')} bytes)")
     fd = blobs.copy(desc, "the image config")
     try:
