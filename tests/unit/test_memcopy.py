@@ -256,3 +256,16 @@ def test_local_layout_with_a_bad_layer_is_refused_at_open(tmp_path):
     with pytest.raises(ImageError, match="does not match its digest"):
         open_private(f"oci:{tmp_path}/layout:1", PullOptions())
     assert open_fds() == before
+
+
+@pytest.mark.parametrize("desc", [None, [], {}, {"digest": 5, "size": 1}, {"digest": "sha256:" + "0" * 64},
+                                  {"digest": "sha256:" + "0" * 64, "size": "1"},
+                                  {"digest": "sha256:" + "0" * 64, "size": True},
+                                  {"digest": "sha256:" + "0" * 64, "size": -1},
+                                  {"digest": "sha256:abc", "size": 1}, {"digest": "../../x", "size": 1}])
+def test_hostile_manifest_descriptors_are_one_line_errors(desc):
+    from yurt.errors import YurtError
+    from yurt.registry.private import _check_descriptor
+
+    with pytest.raises(YurtError):
+        _check_descriptor(desc, "registry.example.org/x")
