@@ -103,7 +103,8 @@ class ContainerTimeout(YurtError, subprocess.TimeoutExpired):
         message = f"the command did not finish within {timeout:g} s and was stopped"
         Exception.__init__(self, message)
         self.message, self.hint, self.exit_code = message, None, 124
-        self.cmd, self.timeout, self.output, self.stderr = result.args, timeout, result.stdout, result.stderr
+        self.cmd, self.timeout, self.output = result.args, timeout, result.stdout
+        self.stderr = result.stderr  # type: ignore[assignment] # text, as with subprocess.run(text=True)
         self.result = result
 
     def __str__(self) -> str:
@@ -217,9 +218,9 @@ def yurt_error(result: Result, records: list[tuple[str, int, str, str]]) -> Yurt
     return None
 
 
-def child_environment(host_env: Mapping[str, str] | None, extra: Mapping[str, str] = ()) -> dict[str, str]:
+def child_environment(host_env: Mapping[str, str] | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if host_env is None else host_env)
-    env.update(extra)
+    env.update(extra or {})
     for key, value in env.items():
         if "\0" in key or "\0" in value or "=" in key or not key:
             raise UsageError(f"bad environment variable {key!r} for the yurt command", "no NUL, no '=' in names")
@@ -238,7 +239,7 @@ def _stop(proc: subprocess.Popen, grace: float) -> tuple[bytes | None, bytes | N
 
 
 def run_yurt(argv: Sequence[str], *, host_env: Mapping[str, str] | None = None,
-             extra_env: Mapping[str, str] = (), cwd: str | os.PathLike[str] | None = None,
+             extra_env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
              capture_output: bool = True, input: str | bytes | None = None,
              stdin: int | IO[Any] | None = None, timeout: float | None = None, check: bool = False) -> Result:
     """``yurt ARGV`` in a child process: its :class:`Result`, or the error yurt reported, raised."""
@@ -273,6 +274,12 @@ def run_yurt(argv: Sequence[str], *, host_env: Mapping[str, str] | None = None,
 
 
 def _start(cmd: list[str], errors: _ErrorFile, env: dict[str, str], **popen: Any) -> subprocess.Popen:
+    for stream in (sys.stdout, sys.stderr):  # what this process printed comes before what the child prints
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
     try:
         return subprocess.Popen(cmd, env=errors.environment(env), pass_fds=(errors.fd,), **popen)
     except OSError as e:
@@ -283,7 +290,7 @@ def _start(cmd: list[str], errors: _ErrorFile, env: dict[str, str], **popen: Any
 
 
 def stream_yurt(argv: Sequence[str], *, host_env: Mapping[str, str] | None = None,
-                extra_env: Mapping[str, str] = (), cwd: str | os.PathLike[str] | None = None,
+                extra_env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
                 stdin: int | IO[Any] | None = subprocess.DEVNULL, check: bool = True) -> Generator[str, None, int]:
     """``yurt ARGV`` with its stdout yielded line by line (newline kept) as it comes; stderr passes through
     to this process's ``sys.stderr``.  At the end, yurt's own error is raised, and with ``check`` a
@@ -301,9 +308,10 @@ def stream_yurt(argv: Sequence[str], *, host_env: Mapping[str, str] | None = Non
         tail = bytearray()
 
         def relay() -> None:  # stderr to ours as it comes; its end kept for the error line
-            for chunk in iter(lambda: err_pipe.read1(65536), b""):
-                sys.stderr.write(chunk.decode("utf-8", "replace"))
-                sys.stderr.flush()
+            for chunk in iter(lambda: os.read(err_pipe.fileno(), 65536), b""):
+                if sys.stderr is not None:
+                    sys.stderr.write(chunk.decode("utf-8", "replace"))
+                    sys.stderr.flush()
                 tail.extend(chunk)
                 del tail[:-8192]
 
