@@ -96,3 +96,56 @@ def warn(message: str) -> None:
     import sys
 
     sys.stderr.write(f"yurt: warning: {one_line(message)}\n")
+
+
+# --- the Python API's error channel -------------------------------------------------------------
+#
+# yurt.api runs yurt in a child process and raises the exception the command line reported, of the same
+# class.  The one line on stderr does not say the class (an ImageError and a PolicyError both read
+# "yurt: error: ..."), so the API hands the child a memfd whose number is in YURT_API_ERROR_FD; the child
+# takes it out of its environment at start (the container never sees it, and it is close-on-exec, so no
+# payload inherits it) and, where it prints its error line, appends one record there:
+# ``module:qualname NUL exit-code NUL message NUL hint LF``.  The file is checked to be the one handed in
+# (fstat: a regular file with the same device and inode) before each write, so a number the runtime
+# closed and reused is never written to.  Nothing is imported: this also runs after pivot_root.
+
+API_ERROR_FD = "YURT_API_ERROR_FD"
+_api_channel: tuple[int, int, int] | None = None
+
+
+def open_api_channel() -> None:
+    """Take the API's error file out of the environment (the CLI calls this first; one lookup otherwise)."""
+    import os
+
+    global _api_channel
+    raw = os.environ.pop(API_ERROR_FD, None)
+    if raw is None or not (raw.isascii() and raw.isdigit()):
+        return
+    fd = int(raw)
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & 0o170000 != 0o100000:  # S_IFREG, without importing stat
+            return
+        os.set_inheritable(fd, False)
+    except (OSError, OverflowError):
+        return
+    _api_channel = (fd, st.st_dev, st.st_ino)
+
+
+def tell_api(error: YurtError) -> None:
+    """One record of ``error`` for the API that started this yurt, if one did (see above)."""
+    if _api_channel is None:
+        return
+    import os
+
+    fd, dev, ino = _api_channel
+    cls = type(error)
+    fields = (f"{cls.__module__}:{cls.__qualname__}", str(error.exit_code), one_line(error.message)[:2000],
+              one_line(error.hint or "")[:1000])
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (dev, ino):
+            return
+        os.write(fd, ("\0".join(f.replace("\0", " ") for f in fields) + "\n").encode("utf-8", "surrogateescape"))
+    except OSError:
+        pass

@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(debug=_truthy("YURT_DEBUG"), quiet=_truthy("YURT_QUIET"))
     # Errors after pivot_root are reported from inside the container, where the
     # host's library is gone: load what reporting needs now.
-    from yurt.errors import YurtError
+    from yurt.errors import YurtError, open_api_channel
+
+    open_api_channel()  # started by yurt.api: where the class of an error goes (see yurt.errors)
     i = 0
     while i < len(argv) and argv[i].startswith("-"):
         opt = argv[i]
@@ -101,17 +103,21 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
         if isinstance(e, YurtError):
-            return _fail(str(e), code=e.exit_code)
+            return _fail(str(e), code=e.exit_code, error=e)
         if isinstance(e, OSError):
             from yurt.errors import os_error_text
 
-            return _fail(os_error_text(e))
-        return _fail(f"internal error: {type(e).__name__}: {e}", "rerun with --debug and report it")
+            return _fail(os_error_text(e), error=YurtError(os_error_text(e)))
+        text, hint = f"internal error: {type(e).__name__}: {e}", "rerun with --debug and report it"
+        return _fail(text, hint, error=YurtError(text, hint))
 
 
-def _fail(message: str, hint: str | None = None, code: int = 255) -> int:
-    from yurt.errors import one_line
+def _fail(message: str, hint: str | None = None, code: int = 255, error=None) -> int:
+    """The one ``yurt: error:`` line; ``error`` (default: a UsageError of the same words) also goes to the
+    Python API that started this yurt, if one did."""
+    from yurt.errors import UsageError, one_line, tell_api
 
+    tell_api(error if error is not None else UsageError(message, hint))
     text = f"yurt: error: {message}" + (f" ({hint})" if hint else "")
     sys.stderr.write(one_line(text) + "\n")
     return code

@@ -12,7 +12,7 @@ import os
 import sys
 
 from yurt import syscalls as sc
-from yurt.errors import PayloadNotExecutable, PayloadNotFound, RuntimeSetupError, YurtError, one_line
+from yurt.errors import PayloadNotExecutable, PayloadNotFound, RuntimeSetupError, YurtError, one_line, tell_api
 from yurt.image.rootfs import Rootfs, notice
 from yurt.runtime import idmap
 from yurt.runtime.environment import env_script_wrapper, sh_quote
@@ -301,6 +301,7 @@ def _die(e: YurtError, debug: bool = False) -> NoReturn:
         import traceback
 
         traceback.print_exc()
+    tell_api(e)
     sys.stderr.write(f"yurt: error: {one_line(str(e))}\n")
     sys.stderr.flush()
     os._exit(e.exit_code)
