@@ -63,11 +63,11 @@ each came from):
     one site line can give every user their own directory (``"/scratch/{user}/yurt"``).
 
 Precedence: built-in default < site file < user file < environment (``YURT_CONTAIN``,
-``YURT_SQUASHFS_THREADS``, ``YURT_CACHEDIR``, ``YURT_LOCAL_CACHEDIR``) < command-line flags, except
-that the policy keys (``site_binds``, ``deny_binds``, ``allowed_image_paths``,
-``allowed_image_owners``, ``allowed_registries``, ``require_signed_images``, ``helper_path``) come only
-from the site
-file: a user file that sets one is an error (saying so), and no environment variable touches them.
+``YURT_SQUASHFS_THREADS``, ``YURT_CACHEDIR``, ``YURT_LOCAL_CACHEDIR``; ``APPTAINER_``/``SINGULARITY_`` for
+``YURT_`` is read too, see :func:`env_lookup`) < command-line flags, except that the policy keys
+(``site_binds``, ``deny_binds``, ``allowed_image_paths``, ``allowed_image_owners``, ``allowed_registries``,
+``require_signed_images``, ``helper_path``) come only from the site file: a user file that sets one is an
+error (saying so), and no environment variable touches them.
 They are site-only rather than "may only narrow" because that rule is simple to audit.
 
 The site file is trusted only while the user cannot change it: when it, or ``/etc/yurt``, is
@@ -113,7 +113,7 @@ from __future__ import annotations
 
 import os
 
-from yurt.errors import ConfigError, ImageError, PolicyError
+from yurt.errors import ConfigError, ImageError, PolicyError, warn
 from yurt.record import Record
 
 SITE_CONFIG = "/etc/yurt/yurt.toml"
@@ -317,6 +317,34 @@ def _home(env) -> str:
 
 # --- loading ------------------------------------------------------------------------------------
 
+ENV_PREFIXES = ("YURT_", "APPTAINER_", "SINGULARITY_")
+_env_warned: set[str] = set()
+
+
+def env_lookup(keys: tuple[str, ...], environ=None, norm=None) -> tuple[str, str] | None:
+    """``(name, value)`` of the first set of ``YURT_<KEY>``, ``APPTAINER_<KEY>``, ``SINGULARITY_<KEY>`` (each
+    prefix with every key before the next prefix), or None: how yurt reads every setting from the environment,
+    so Apptainer's names work too.  When another is set to a different value (as ``norm`` sees it), one
+    warning line per process says which one is used."""
+    env = os.environ if environ is None else environ
+    found = [(p + k, env[p + k]) for p in ENV_PREFIXES for k in keys if p + k in env]
+    if not found:
+        return None
+    name, value = found[0]
+    same = norm or (lambda v: v)
+    other = next((n for n, v in found[1:] if same(v) != same(value)), None)
+    if other is not None and name not in _env_warned:
+        _env_warned.add(name)
+        if env.get("YURT_QUIET", "").lower() not in _TRUE:
+            warn(f"{name} and {other} differ; using {name} (YURT_ wins, then APPTAINER_, then SINGULARITY_)")
+    return found[0]
+
+
+def bool_text(value: str) -> object:
+    low = value.strip().lower()
+    return True if low in _TRUE else False if low in _FALSE else low
+
+
 # (path, device, inode, size, mtime) -> the file's validated settings; a process reads a file once.
 _parsed: dict[tuple, dict[str, object]] = {}
 
@@ -346,9 +374,9 @@ def load(environ: dict[str, str] | os._Environ | None = None) -> Config:
         requested, req_source = None, None
         if user_values and name in user_values:
             requested, req_source = user_values[name], user_label
-        raw = env.get(key.env) if key.env else None
-        if raw is not None and (raw != "" or key.kind == "bool"):
-            requested, req_source = _from_env(key, raw, env), f"env {key.env}"
+        hit = env_lookup((key.env[5:],), env, bool_text if key.kind == "bool" else None) if key.env else None
+        if hit is not None and (hit[1] != "" or key.kind == "bool"):
+            requested, req_source = _from_env(key, hit[1], env, hit[0]), f"env {hit[0]}"
         if key.scope == CEILING and source != "default" and value:
             if requested is not None and 0 < requested <= value:  # type: ignore[operator]
                 value, source = requested, req_source or source
@@ -410,7 +438,7 @@ def _validate(doc: dict, path: str, text: str, which: str, env) -> dict[str, obj
     return out
 
 
-def _from_env(key: Key, raw: str, env) -> object:
+def _from_env(key: Key, raw: str, env, name: str) -> object:
     try:
         if key.kind == "bool":
             low = raw.strip().lower()
@@ -423,7 +451,7 @@ def _from_env(key: Key, raw: str, env) -> object:
             return _norm(os.path.abspath(raw))  # taken literally, relative to the current directory
         return _CHECKERS[key.kind](int(raw) if key.kind == "count" and raw.strip().isdigit() else raw, env)
     except ValueError as e:
-        raise ConfigError(f"environment variable {key.env}: {e}")
+        raise ConfigError(f"environment variable {name}: {e}")
 
 
 # --- value checkers: TOML value -> stored value, ValueError with the reason ---------------------
