@@ -28,6 +28,7 @@ REFUSED = {
     "writable_tmpfs": "yurt runs %test on the built tree itself",
     "ignore_userns": "yurt builds need a user namespace unless they run as root",
     "data": "yurt cannot build OCI-SIF data containers",
+    "compat32": "yurt builds bind only what the build needs (no GPU driver)",
     "docker_login": "log in once with 'yurt registry login', or set APPTAINER_DOCKER_USERNAME and _PASSWORD",
 }
 _REFUSED_KINDS = {"section": "list", "library": "value", "pem_path": "value", "bind": "list", "mount": "list",
