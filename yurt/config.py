@@ -64,11 +64,11 @@ each came from):
     one site line can give every user their own directory (``"/scratch/{user}/yurt"``).
 
 Precedence: built-in default < site file < user file < environment (``YURT_CONTAIN``,
-``YURT_SQUASHFS_THREADS``, ``YURT_CACHEDIR``, ``YURT_LOCAL_CACHEDIR``) < command-line flags, except
-that the policy keys (``site_binds``, ``deny_binds``, ``allowed_image_paths``,
-``allowed_image_owners``, ``allowed_registries``, ``require_signed_images``, ``helper_path``) come only
-from the site
-file: a user file that sets one is an error (saying so), and no environment variable touches them.
+``YURT_SQUASHFS_THREADS``, ``YURT_CACHEDIR``, ``YURT_LOCAL_CACHEDIR``; ``APPTAINER_``/``SINGULARITY_`` for
+``YURT_`` is read too, see :func:`env_lookup`) < command-line flags, except that the policy keys
+(``site_binds``, ``deny_binds``, ``allowed_image_paths``, ``allowed_image_owners``, ``allowed_registries``,
+``require_signed_images``, ``helper_path``) come only from the site file: a user file that sets one is an
+error (saying so), and no environment variable touches them.
 They are site-only rather than "may only narrow" because that rule is simple to audit.
 
 The site file is trusted only while the user cannot change it: when it, or ``/etc/yurt``, is
@@ -83,34 +83,15 @@ Unknown keys and values of the wrong type are errors naming the file, the key an
 
 Site policy: a policy is *in force* when the site file that was read sets any of the site-only
 keys above (:attr:`Config.policy`).  Then yurt assumes the user may be hostile and trusts nothing the
-user can change between a check and its use:
-
-* programs yurt runs itself (:mod:`yurt.programs`) come only from ``helper_path``, each directory and
-  the program itself (symbolic links resolved) owned by root and not writable by group or others,
-  and they run without the user's ``LD_*`` variables; never from the user's ``PATH``;
-* an image named by path is opened once (:func:`yurt.image.source.open_image`); the owner and the
-  location rules are checked on that open file (``fstat``, and the path the kernel reports for it),
-  and only that descriptor is handed to the loop device, ``squashfuse`` and ``unsquashfs``; a
-  directory image is bound from the path the kernel reported and refused unless the bound tree is
-  the very directory that was checked (same device and inode);
-* an unpacked copy (``--unsquash``, or no usable FUSE) is not taken from the shared node-local cache,
-  which the user can write: it is unpacked for this run only, into a tmpfs inside the container's own
-  mount namespace (:class:`yurt.image.rootfs.ExtractedSquashfs`), and is gone when the container
-  ends.  A digest manifest would not help: yurt runs as the user, so any manifest it can write the
-  user can forge, and a tree checked at start-up stays writable by the user while it runs;
-* an image from a registry or a local OCI source (``docker://``, ``oras://``, ``oci:``, archives) is
-  not run from the user's image cache, which the user can write either: the manifest is resolved at
-  the registry on every run, each blob is copied from the cache into an anonymous, then sealed,
-  memory file and checked there against the manifest's digest and size (a mismatch is repaired by
-  downloading the blob again), and the layers are converted into another memory file, which is what
-  runs (:mod:`yurt.registry.private`).  Per run this costs memory (the compressed layers and the
-  squashfs while converting, then the squashfs while the container runs: once per node with
-  ``--sharens``, once per instance) and the conversion's time (seconds for a 100 MB image; README,
-  "Site policy").  ``yurt pull`` still fills the cache.
-
-Without a policy yurt behaves as before: ``PATH`` is searched, and ``--unsquash`` storms share one
-unpacked copy per node.  Per-user directories in shared places (``/tmp/yurt-<uid>``,
-``/var/tmp/yurt-<uid>``) are never trusted, policy or not (:mod:`yurt.store.userdir`).
+user can change between a check and its use (README, "Site policy and configuration", says it for administrators):
+helper programs come only from root-owned directories of ``helper_path`` (:mod:`yurt.programs`); an
+image named by path is opened once and checked, then handed on, as that descriptor
+(:func:`yurt.image.source.open_image`); an unpacked copy is made per run in the container's own tmpfs,
+never taken from the shared node-local cache (:class:`yurt.image.rootfs.ExtractedSquashfs`); and a
+registry or OCI image runs from verified, sealed memory copies, never from the user's image cache
+(:mod:`yurt.registry.private`).  Without a policy ``PATH`` is searched and ``--unsquash`` storms share
+one unpacked copy per node.  Per-user directories in shared places are never trusted, policy or not
+(:mod:`yurt.store.userdir`).
 
 What the policy means: yurt runs with the user's own privileges (no setuid, no daemon), so these
 rules bind what the installed yurt does, not what the user could do with other tools (their own copy
@@ -123,7 +104,7 @@ from __future__ import annotations
 
 import os
 
-from yurt.errors import ConfigError, ImageError, PolicyError
+from yurt.errors import ConfigError, ImageError, PolicyError, warn
 from yurt.record import Record
 
 SITE_CONFIG = "/etc/yurt/yurt.toml"
@@ -327,6 +308,34 @@ def _home(env) -> str:
 
 # --- loading ------------------------------------------------------------------------------------
 
+ENV_PREFIXES = ("YURT_", "APPTAINER_", "SINGULARITY_")
+_env_warned: set[str] = set()
+
+
+def env_lookup(keys: tuple[str, ...], environ=None, norm=None) -> tuple[str, str] | None:
+    """``(name, value)`` of the first set of ``YURT_<KEY>``, ``APPTAINER_<KEY>``, ``SINGULARITY_<KEY>`` (each
+    prefix with every key before the next prefix), or None: how yurt reads every setting from the environment,
+    so Apptainer's names work too.  When another is set to a different value (as ``norm`` sees it), one
+    warning line per process says which one is used."""
+    env = os.environ if environ is None else environ
+    found = [(p + k, env[p + k]) for p in ENV_PREFIXES for k in keys if p + k in env]
+    if not found:
+        return None
+    name, value = found[0]
+    same = norm or (lambda v: v)
+    other = next((n for n, v in found[1:] if same(v) != same(value)), None)
+    if other is not None and name not in _env_warned:
+        _env_warned.add(name)
+        if env.get("YURT_QUIET", "").lower() not in _TRUE:
+            warn(f"{name} and {other} differ; using {name} (YURT_ wins, then APPTAINER_, then SINGULARITY_)")
+    return found[0]
+
+
+def bool_text(value: str) -> object:
+    low = value.strip().lower()
+    return True if low in _TRUE else False if low in _FALSE else low
+
+
 # (path, device, inode, size, mtime) -> the file's validated settings; a process reads a file once.
 _parsed: dict[tuple, dict[str, object]] = {}
 
@@ -356,9 +365,9 @@ def load(environ: dict[str, str] | os._Environ | None = None) -> Config:
         requested, req_source = None, None
         if user_values and name in user_values:
             requested, req_source = user_values[name], user_label
-        raw = env.get(key.env) if key.env else None
-        if raw is not None and (raw != "" or key.kind == "bool"):
-            requested, req_source = _from_env(key, raw, env), f"env {key.env}"
+        hit = env_lookup((key.env[5:],), env, bool_text if key.kind == "bool" else None) if key.env else None
+        if hit is not None and (hit[1] != "" or key.kind == "bool"):
+            requested, req_source = _from_env(key, hit[1], env, hit[0]), f"env {hit[0]}"
         if key.scope == CEILING and source != "default" and value:
             if requested is not None and 0 < requested <= value:  # type: ignore[operator]
                 value, source = requested, req_source or source
@@ -420,7 +429,7 @@ def _validate(doc: dict, path: str, text: str, which: str, env) -> dict[str, obj
     return out
 
 
-def _from_env(key: Key, raw: str, env) -> object:
+def _from_env(key: Key, raw: str, env, name: str) -> object:
     try:
         if key.kind == "bool":
             low = raw.strip().lower()
@@ -433,7 +442,7 @@ def _from_env(key: Key, raw: str, env) -> object:
             return _norm(os.path.abspath(raw))  # taken literally, relative to the current directory
         return _CHECKERS[key.kind](int(raw) if key.kind == "count" and raw.strip().isdigit() else raw, env)
     except ValueError as e:
-        raise ConfigError(f"environment variable {key.env}: {e}")
+        raise ConfigError(f"environment variable {name}: {e}")
 
 
 # --- value checkers: TOML value -> stored value, ValueError with the reason ---------------------

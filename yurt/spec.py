@@ -169,11 +169,11 @@ class YurtExtras(Record):
 
     __slots__ = ("env_scripts", "inject_env", "env_script_text", "writable_tmpfs", "session_size_mb",
                  "overlays", "init", "fakeroot_multi", "fake_ownership", "app", "debug",
-                 "allow_no_limits", "run_as", "container_checks")
+                 "allow_no_limits", "run_as", "container_checks", "apptainer")
     _defaults = {"env_scripts": False, "inject_env": dict, "env_script_text": "", "writable_tmpfs": False,
                  "session_size_mb": 64, "overlays": list, "init": True, "fakeroot_multi": False,
                  "fake_ownership": False, "app": None, "debug": False,
-                 "allow_no_limits": False, "run_as": None, "container_checks": list}
+                 "allow_no_limits": False, "run_as": None, "container_checks": list, "apptainer": False}
     env_scripts: bool
     inject_env: dict[str, str]
     env_script_text: str
@@ -188,6 +188,7 @@ class YurtExtras(Record):
     allow_no_limits: bool
     run_as: list[int] | None  # [uid, gid, *groups] to switch to just before exec (build steps as USER)
     container_checks: list  # of Callable[[], None]: run in the new root before the payload
+    apptainer: bool  # Apptainer's words and status (255) for a command that is missing or cannot run
 
 
 class ContainerSpec(Record):

@@ -266,7 +266,7 @@ def _targets() -> dict[str, Target]:
         registry,
     )
 
-    start_flags = [f for f in actions.FLAGS if f.name not in ("shell", "sharens", "sharens-tag", "no-init")]
+    start_flags = instance.start_flags()
     t = {name: Target([name], actions.FLAGS, True, (1, None)) for name in ("exec", "run", "shell", "test")}
     t.update({
         "instance start": Target(["instance", "start"], start_flags, True, (2, None)),

@@ -55,7 +55,7 @@ def test_every_command_and_subcommand_has_a_context():
     for cmd in ("instance", "cache", "registry", "config"):
         for sub in contexts[cmd].subcommands:
             assert f"{cmd} {sub}" in contexts
-    assert set(contexts["instance"].subcommands) == {"start", "list", "stop"}
+    assert set(contexts["instance"].subcommands) == {"start", "run", "list", "stop"}
     assert set(contexts["cache"].subcommands) == {"list", "clean"}
     assert set(contexts["registry"].subcommands) == {"login", "logout", "list"}
 
@@ -132,7 +132,8 @@ def bash_complete(script: Path, words: list[str], cwd: Path, wordbreaks: str | N
     (["yurt", "cache", ""], ["list", "clean"]),
     (["yurt", "registry", "l"], ["login", "logout", "list"]),
     (["yurt", "--debug", "pu"], ["pull", "push"]),
-    (["yurt", "-"], ["--debug", "-d", "--quiet", "-q", "--silent", "-s", "--help", "-h", "--version", "-V"]),
+    (["yurt", "-"], ["--debug", "-d", "--quiet", "-q", "--silent", "-s", "--verbose", "-v", "--nocolor", "--help",
+                     "-h", "--version", "-V"]),
     (["yurt", "exec", "--mpi", ""], ["hybrid", "host", "none"]),
     (["yurt", "exec", "--mpi", "=", "h"], ["hybrid", "host"]),  # --mpi=h: bash splits at '='
     (["yurt", "exec", "--contain", "=", ""], ["true", "false"]),

@@ -8,7 +8,7 @@ from yurt.cli.options import Flag, parse, usage
 from yurt.errors import UsageError
 
 FLAGS = [
-    Flag("bind", "list", "B", "bind", "SPEC", env=("YURT_BINDPATH",)),
+    Flag("bind", "list", "B", "bind", "SPEC", env=("BINDPATH",)),
     Flag("home", "value", "H", "home", "SPEC"),
     Flag("no-home", help="no home"),
     Flag("pwd", "value", None, "cwd", "DIR", aliases=("cwd",)),
@@ -263,6 +263,24 @@ def test_env_list():
 def test_env_extra_names():
     assert p([], environ={"YURT_BINDPATH": "/x"})[0]["bind"] == ["/x"]
     assert p([], environ={"YURT_BIND": "/a", "YURT_BINDPATH": "/x"})[0]["bind"] == ["/a"]
+    assert p([], environ={"APPTAINER_BINDPATH": "/y"})[0]["bind"] == ["/y"]
+    assert p([], environ={"SINGULARITY_BIND": "/s"})[0]["bind"] == ["/s"]
+
+
+def test_environment_precedence_yurt_then_apptainer_then_singularity(capsys):
+    """YURT_ wins, then APPTAINER_, then SINGULARITY_ (each with every key of the flag), and one warning
+    line when set values disagree; values that agree (1 and true) say nothing."""
+    env = {"SINGULARITY_CONTAIN": "1", "APPTAINER_CONTAIN": "true"}
+    assert p([], environ=env)[0]["contain"] is True
+    assert capsys.readouterr().err == ""
+    env = {"SINGULARITY_HOME": "/s", "APPTAINER_HOME": "/a", "YURT_HOME": "/y"}
+    assert p([], environ=env)[0]["home"] == "/y"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("yurt: warning: YURT_HOME and APPTAINER_HOME differ")
+    assert p([], environ={"SINGULARITY_HOME": "/s", "APPTAINER_HOME": "/a"})[0]["home"] == "/a"
+    assert p([], environ={"SINGULARITY_HOME": "/s"})[0]["home"] == "/s"
+    # BINDPATH is a key of --bind: APPTAINER_BINDPATH wins over SINGULARITY_BIND (prefix first)
+    assert p([], environ={"SINGULARITY_BIND": "/s", "APPTAINER_BINDPATH": "/a"})[0]["bind"] == ["/a"]
 
 
 def test_command_line_wins_over_environment():
@@ -288,7 +306,10 @@ def test_environ_defaults_to_os_environ(monkeypatch):
 def test_flag_properties():
     f = Flag("writable-tmpfs-size", "int", env=("OTHER",), bounds=(1, 2))
     assert f.dest == "writable_tmpfs_size"
-    assert f.env_names() == ("YURT_WRITABLE_TMPFS_SIZE", "OTHER")
+    assert f.env_names() == ("YURT_WRITABLE_TMPFS_SIZE", "YURT_OTHER", "APPTAINER_WRITABLE_TMPFS_SIZE",
+                             "APPTAINER_OTHER", "SINGULARITY_WRITABLE_TMPFS_SIZE", "SINGULARITY_OTHER")
+    assert Flag("name", "value", own_env=False, env=("PULL_NAME",)).env_names() == (
+        "YURT_PULL_NAME", "APPTAINER_PULL_NAME", "SINGULARITY_PULL_NAME")
     assert f.default() is None
     assert Flag("x").default() is False
 

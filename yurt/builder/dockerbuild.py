@@ -79,6 +79,24 @@ def is_dockerfile(path: str) -> bool:
     return any(name == n or name.startswith(n + ".") or name.endswith("." + n) for n in DOCKERFILE_NAMES)
 
 
+def recipe_is_dockerfile(path: str) -> bool:
+    """Whether the recipe file at ``path`` is a Dockerfile: its content first, then its name.
+
+    A ``Bootstrap:`` header (before any ``%section``) makes a definition file, whatever the name:
+    cwltool writes ``Dockerfile.def`` and users keep ``Singularity`` or ``Apptainer`` files; as
+    Apptainer, only a file that has none is taken by its name (:func:`is_dockerfile`)."""
+    from yurt.readfile import read_file
+
+    data = read_file(path, "the recipe", RECIPE_LIMIT)
+    for raw in data.decode("utf-8", "replace").splitlines():
+        line = raw.strip()
+        if line.startswith("%"):
+            break
+        if line.partition(":")[0].strip().lower() == "bootstrap" and ":" in line:
+            return False
+    return is_dockerfile(path)
+
+
 # -- the build ---------------------------------------------------------------------------------------
 
 

@@ -17,7 +17,10 @@ from yurt.errors import BuildError, Interrupted, YurtError, warn
 
 
 def _tmp_base(out: str) -> str:
-    base = os.environ.get("YURT_TMPDIR") or os.path.dirname(os.path.abspath(out))
+    from yurt.config import env_lookup  # YURT_TMPDIR, else APPTAINER_TMPDIR, else SINGULARITY_TMPDIR
+
+    hit = env_lookup(("TMPDIR",))
+    base = (hit[1] if hit else "") or os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(base):
         raise BuildError(f"cannot build: the directory {base} does not exist")
     return base

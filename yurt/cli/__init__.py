@@ -33,26 +33,53 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class Context:
-    """Global options shared by every command."""
+# Under the names below (a console script, or a symbolic link a site makes) yurt answers as this Apptainer
+# release does at the command line: its `--version`, `version`, inspect and instance JSON, exit statuses.
+# 1.3.6: the last 1.3 release, whose options are the ones clients of "Apptainer 1.x" pass (README).
+APPTAINER_VERSION = "1.3.6"
+IDENTITIES = {"apptainer": "apptainer", "yurt-apptainer": "apptainer", "singularity": "singularity",
+              "yurt-singularity": "singularity", "run-singularity": "apptainer"}
+# Apptainer commands yurt does not have: said so in one line, not "unknown command".
+APPTAINER_ONLY = ("sign", "verify", "key", "keyserver", "remote", "search", "delete", "tag", "overlay", "oci",
+                  "plugin", "checkpoint", "capability", "sif", "buildcfg", "confgen")
 
-    def __init__(self, debug: bool = False, quiet: bool = False) -> None:
+
+class Context:
+    """Global options shared by every command; ``identity`` is ``yurt``, ``apptainer`` or ``singularity``
+    (the name yurt was started as)."""
+
+    def __init__(self, debug: bool = False, quiet: bool = False, identity: str = "yurt") -> None:
         self.debug = debug
         self.quiet = quiet
+        self.identity = identity
+        self.long_version = False  # `--version` (not `version`): Apptainer prints the name too
+
+    @property
+    def apptainer(self) -> bool:
+        """Started as ``apptainer``/``singularity``: Apptainer's output formats and exit statuses."""
+        return self.identity != "yurt"
 
 
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+def _truthy(*keys: str) -> bool:
+    from yurt.config import bool_text, env_lookup
+
+    hit = env_lookup(keys, None, bool_text)
+    return hit is not None and hit[1].lower() in ("1", "true", "yes", "on")
+
+
+def identity_of(argv0: str) -> str:
+    return IDENTITIES.get(argv0.rpartition("/")[2], "yurt")
 
 
 def main(argv: list[str] | None = None) -> int:
+    identity = identity_of(sys.argv[0] if sys.argv else "")
     argv = sys.argv[1:] if argv is None else argv
     # A file name that is not UTF-8 reaches us as surrogate escapes; printed back, it is the same
     # bytes again (as ls prints it), not a UnicodeEncodeError after the work is done.
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     if reconfigure is not None:
         reconfigure(errors="surrogateescape")
-    ctx = Context(debug=_truthy("YURT_DEBUG"), quiet=_truthy("YURT_QUIET"))
+    ctx = Context(debug=_truthy("DEBUG"), quiet=_truthy("QUIET", "SILENT"), identity=identity)
     # Errors after pivot_root are reported from inside the container, where the
     # host's library is gone: load what reporting needs now.
     from yurt.errors import YurtError, open_api_channel
@@ -65,14 +92,21 @@ def main(argv: list[str] | None = None) -> int:
             ctx.debug = True
         elif opt in ("-q", "--quiet", "-s", "--silent"):
             ctx.quiet = True
+        elif opt in ("-v", "--verbose"):
+            pass  # Apptainer's middle level: yurt prints its notices anyway, and more only with --debug
+        elif opt == "--nocolor":
+            os.environ["NO_COLOR"] = "1"
         elif opt in ("-h", "--help"):
             argv = ["help"]
             i = 0
             break
         elif opt in ("--version", "-V"):
-            argv = ["version"]
+            argv, ctx.long_version = ["version"], True
             i = 0
             break
+        elif opt in ("-c", "--config", "--build-config") or opt.startswith("--config="):
+            return _fail(f"{opt} is not supported: yurt does not read apptainer.conf",
+                         "site settings are in /etc/yurt/yurt.toml, see 'yurt config show'")
         else:
             return _fail(f"unknown global option {opt}", "see 'yurt help'")
         i += 1
@@ -81,8 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     if i >= len(argv):
         argv, i = ["help"], 0
     command, rest = argv[i], argv[i + 1:]
+    if ctx.apptainer and command.startswith("instance."):  # Singularity 2's spelling, which spython still uses
+        command, rest = "instance", [command[9:], *rest]
     entry = COMMANDS.get(command)
     if entry is None:
+        if ctx.apptainer and command in APPTAINER_ONLY:
+            return _fail(f"'{identity} {command}' is not supported by yurt", "see 'yurt help' for what is")
         return _fail(f"unknown command {command!r}", "see 'yurt help' for the list")
     try:
         module = __import__(entry[0], fromlist=["main"])

@@ -9,21 +9,34 @@ from __future__ import annotations
 
 import sys
 
-from yurt.cli.options import Flag, parse_command
+from yurt.cli.options import REGISTRY_FLAGS, Flag, parse_command
 from yurt.errors import UsageError
 
+# Apptainer options yurt cannot honour: each is refused in one line saying why (yurt.cli.apptainer.REFUSED).
+REFUSED_ACTION_FLAGS = (
+    ("add-caps", "value"), ("security", "list"), ("allow-setuid", "bool"), ("boot", "bool"),
+    ("fusemount", "list"), ("network-args", "list"), ("dns", "value"), ("netns-path", "value"),
+    ("apply-cgroups", "value"), ("blkio-weight", "value"), ("blkio-weight-device", "list"),
+    ("cpu-shares", "value"), ("cpuset-mems", "value"), ("memory-reservation", "value"), ("memory-swap", "value"),
+    ("oom-kill-disable", "bool"), ("dmtcp-launch", "value"), ("dmtcp-restart", "value"), ("nvccli", "bool"),
+    ("intel-hpu", "bool"), ("compat32", "bool"), ("containlibs", "list"), ("ignore-userns", "bool"),
+    ("docker-login", "bool"), ("docker-host", "value"), ("library", "value"), ("passphrase", "bool"),
+    ("pem-path", "value"),
+)
+
 FLAGS = [
-    Flag("bind", "list", "B", "bind src[:dst[:ro|rw]] (comma list, repeatable)", "SPEC", env=("YURT_BINDPATH",)),
+    Flag("bind", "list", "B", "bind src[:dst[:ro|rw]] (comma list, repeatable)", "SPEC", env=("BINDPATH",)),
     Flag("home", "value", "H", "home directory to bind: src[:dst]", "SPEC"),
     Flag("no-home", help="do not bind the home directory"),
-    Flag("pwd", "value", None, "initial working directory inside the container", "DIR", aliases=("cwd",)),
+    Flag("pwd", "value", None, "initial working directory inside the container", "DIR", aliases=("cwd",),
+         env=("CWD", "TARGET_PWD", "TARGET_CWD")),
     Flag("contain", short="c", help="minimal /dev and empty /tmp, /var/tmp and home (--contain=false: not even "
          "when the config says contain = true)", unset_none=True),
     Flag("containall", short="C", help="--contain plus --pid, --ipc and --cleanenv"),
-    Flag("pid", short="p", help="new PID namespace (payload runs under a tiny init)"),
-    Flag("ipc", short="i", help="new IPC namespace"),
-    Flag("net", short="n", help="new network namespace with loopback only"),
-    Flag("uts", help="new UTS namespace"),
+    Flag("pid", short="p", help="new PID namespace (payload runs under a tiny init)", env=("UNSHARE_PID",)),
+    Flag("ipc", short="i", help="new IPC namespace", env=("UNSHARE_IPC",)),
+    Flag("net", short="n", help="new network namespace with loopback only", env=("UNSHARE_NET",)),
+    Flag("uts", help="new UTS namespace", env=("UNSHARE_UTS",)),
     Flag("hostname", "value", None, "hostname inside (implies --uts)", "NAME"),
     Flag("cleanenv", short="e", help="do not pass the host environment"),
     Flag("env", "list", None, "set KEY=VALUE inside (repeatable)", "K=V"),
@@ -32,10 +45,11 @@ FLAGS = [
     Flag("writable", short="w", help="write into a sandbox directory image itself"),
     Flag("writable-tmpfs", help="writable tmpfs layer over the image (discarded at exit)"),
     Flag("writable-tmpfs-size", "int", None, "size of that layer in MiB (default 64)", "MIB", bounds=(1, 1 << 20)),
-    Flag("overlay", "list", "o", "writable overlay directory DIR (DIR:ro for read-only; repeatable)", "DIR"),
+    Flag("overlay", "list", "o", "writable overlay directory DIR (DIR:ro for read-only; repeatable)", "DIR",
+         env=("OVERLAYIMAGE",)),
     Flag("workdir", "value", "W", "with --contain, back /tmp and /var/tmp by this directory", "DIR"),
     Flag("unsquash", help="unpack a SIF into the node-local cache instead of mounting it"),
-    Flag("no-init", help="with --pid, run the payload itself as PID 1"),
+    Flag("no-init", help="with --pid, run the payload itself as PID 1", env=("NOSHIMINIT",)),
     Flag("shell", "value", "s", "shell to start (yurt shell)", "PATH"),
     Flag("app", "value", None, "SCIF app: run/test its scripts, with its environment", "NAME"),
     Flag("ignore-subuid", help="with --fakeroot, map only your own id even if /etc/subuid has a range"),
@@ -58,11 +72,47 @@ FLAGS = [
     Flag("pids-limit", "int", None, "most processes and threads at once", "N", bounds=(1, 1 << 22)),
     Flag("cpuset", "value", None, "run only on these CPUs (0-3,6)", "LIST", aliases=("cpuset-cpus",)),
     Flag("allow-no-limits", help="warn instead of failing when a limit cannot be applied"),
-    Flag("help", short="h", help="show this help"),
+    *REGISTRY_FLAGS,
 ]
+# Apptainer's options with its meaning, or refused (yurt.cli.apptainer; README, "Using yurt as Apptainer").
+APPTAINER_FLAGS = [
+    Flag("mount", "list", None, "bind as docker does: type=bind,source=SRC,target=DST[,readonly] (repeatable)",
+         "SPEC"),
+    Flag("network", "value", None, "with --net: none (loopback only; the one type a rootless container has)",
+         "TYPE", choices=("none",)),
+    Flag("no-mount", "list", None, "do not mount these: proc, sys, dev, devpts, home, tmp, cwd, hostfs, bind-paths "
+         "or a system file's path (comma list)", "LIST"),
+    Flag("scratch", "list", "S", "an empty writable directory DIR in the container, gone at exit (repeatable)",
+         "DIR", env=("SCRATCHDIR",)),
+    Flag("compat", help="as docker does: --containall --writable-tmpfs --no-init --no-umask --no-eval"),
+    Flag("no-umask", help="start the payload with umask 0022 instead of yours"),
+    Flag("no-eval", help="never evaluate variables or arguments in a shell (yurt never does: accepted)"),
+    Flag("no-pid", help="no PID namespace, even with --containall or --compat"),
+    Flag("no-privs", help="the container's root (--fakeroot) has no capabilities"),
+    Flag("drop-caps", "value", None, "drop these capabilities (CAP_NET_RAW,...) from the container", "CAPS"),
+    Flag("no-env", "list", None, "do not pass these host variables into the container (comma list)", "NAMES"),
+    Flag("no-nv", help="no --nv (when a variable turned it on)", env=("NV_OFF",)),
+    Flag("no-rocm", help="no --rocm (when a variable turned it on)", env=("ROCM_OFF",)),
+    Flag("userns", short="u", help="run in a user namespace (rootless yurt always does; never setuid)",
+         env=("UNSHARE_USERNS",)),
+    Flag("disable-cache", help="pull a docker://... image without the cache (nothing kept)"),
+    Flag("keep-privs", help="root keeps its capabilities in the container (as root; yurt drops none)"),
+    Flag("underlay", help="accepted: yurt creates missing bind points in its own overlay", hidden=True),
+    Flag("runscript-timeout", "value", None, "accepted: yurt runs no timed shell interpreter", "DURATION",
+         hidden=True),
+    Flag("ignore-fakeroot-command", help="accepted: yurt never uses fakeroot(1)", hidden=True),
+    Flag("tmpdir", "value", None, "temporary directory for conversions and builds", "DIR", hidden=True),
+    *(Flag(name, kind, None, "not supported by yurt (Apptainer option)", hidden=True)
+      for name, kind in REFUSED_ACTION_FLAGS),
+]
+FLAGS += [*APPTAINER_FLAGS, Flag("help", short="h", help="show this help")]
+_APPTAINER_DESTS = tuple(f.dest for f in APPTAINER_FLAGS) + ("authfile",)
 
 # Start options a join must plan with as well (identity and home as the instance has them).
-JOIN_OPTIONS = ("fakeroot", "ignore_subuid", "contain", "containall", "home", "no_home", "workdir")
+# --insecure and --authfile: a join plans with the reference the instance started from (docker://...), which the
+# registry may be asked about again, as it was then.
+JOIN_OPTIONS = ("fakeroot", "ignore_subuid", "contain", "containall", "home", "no_home", "workdir", "insecure",
+                "authfile")
 # Options that shape a container and so only mean something when an instance starts.
 _START_ONLY = ("bind", "overlay", "writable", "writable_tmpfs", "net", "ipc", "uts", "hostname", "memory", "cpus",
                "pids_limit", "cpuset", "sharens", "nv", "rocm", "device")
@@ -105,13 +155,24 @@ def plan_from(command: str, values: dict, positionals: list[str], ctx):
     """Parsed flags and ``IMAGE ARGS...`` -> (ContainerSpec, Image), resource limits included."""
     from yurt.runtime.plan import ActionRequest, parse_binds, plan_container
 
+    later = None
+    if any(values.get(d) for d in _APPTAINER_DESTS):  # Apptainer's options: mapped onto yurt's, or refused
+        from yurt.cli import apptainer
+
+        later = apptainer.prepare(values, command)
     parse_binds(values["bind"])  # the syntax, before an image is opened or pulled
     values["overlay"] = [check_overlay(o) for o in values["overlay"]]
     # An empty value leaves an option unset, as in Apptainer (where "" is every string option's
     # default): `--app "$APP"` with APP empty runs no app.
     if values["hostname"]:
         check_hostname(values["hostname"])
-    image = _opened(positionals[0], ctx)  # a registry's policy is checked by the pull
+    if values.get("disable_cache") and positionals[0].startswith(_PULLED):
+        from yurt.cli.pull import without_cache
+
+        with without_cache():  # pulled into a temporary cache, removed once the image is open
+            image = _opened(positionals[0], ctx, values)
+    else:
+        image = _opened(positionals[0], ctx, values)  # a registry's policy is checked by the pull
     size = values["writable_tmpfs_size"]
     req = ActionRequest(
         action=command,
@@ -151,8 +212,19 @@ def plan_from(command: str, values: dict, positionals: list[str], ctx):
         hooks_dirs=[d for item in values["hooks_dir"] for d in item.split(",") if d],
         mpi=values["mpi"],
         integrations=INTEGRATIONS,
+        no_mount=later.no_mount if later else [],
+        apptainer=getattr(ctx, "apptainer", False),
     )
-    spec = plan_container(req)
+    host_env = None
+    if later and later.no_env:
+        import os
+
+        host_env = {k: v for k, v in os.environ.items() if k not in later.no_env}
+    spec = plan_container(req, host_env)
+    if later:
+        from yurt.cli import apptainer
+
+        apptainer.after_plan(spec, later, values["workdir"])
     if values["memory"] or values["cpus"] or values["pids_limit"] is not None or values["cpuset"]:
         from yurt.runtime.cgroups import resources_from_flags
 
@@ -235,17 +307,20 @@ def _mpi_hook(spec, env: dict[str, str]) -> None:
 INTEGRATIONS = {"yurt-mpi.json": _mpi_hook}
 
 
-def _opened(ref: str, ctx):
+_PULLED = ("docker://", "oras://", "oci:", "oci-archive:", "docker-archive:")
+
+
+def _opened(ref: str, ctx, values: dict | None = None):
     """The image ``ref`` names, opened: a path, or for ``docker://``, ``oras://``, ``oci:``... the cached SIF
     (pulled first when missing), or under a site policy a private copy in memory (yurt.registry.private)."""
-    if not ref.startswith(("docker://", "oras://", "oci:", "oci-archive:", "docker-archive:")):
+    if not ref.startswith(_PULLED):
         from yurt.image.source import open_image
 
         return open_image(ref)
     from yurt.cli.pull import options_from_environment
     from yurt.registry.pull import open_pulled
 
-    return open_pulled(ref, options_from_environment(ctx))
+    return open_pulled(ref, options_from_environment(ctx, values))
 
 
 def _rootfs_for(image, unsquash: bool, debug: bool):

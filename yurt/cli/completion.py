@@ -36,6 +36,8 @@ GLOBAL_FLAGS = [
     Flag("debug", short="d", help="print tracebacks and debug messages"),
     Flag("quiet", short="q", help="print only errors"),
     Flag("silent", short="s", help="same as --quiet"),
+    Flag("verbose", short="v", help="accepted (Apptainer's): yurt prints its notices anyway"),
+    Flag("nocolor", help="no colour (as NO_COLOR=1)"),
     Flag("help", short="h", help="show help"),
     Flag("version", short="V", help="show the version"),
 ]
@@ -65,11 +67,11 @@ def contexts() -> tuple[dict[str, str], dict[str, Context]]:
     out["version"] = Context([], "none")
     out["completion"] = Context(FLAGS, "shells")
     # Subcommands, each with the table its parser uses.
-    instance_start = [f for f in actions.FLAGS if f.name not in ("shell", "sharens", "sharens-tag", "no-init")]
+    instance_start = instance.start_flags()
     subcommands = {
-        "instance": ({"start": "Start a named instance of an image", "list": "Show the running instances",
-                      "stop": "Stop instances"},
-                     help_only, {"start": Context(instance_start, stop=True),
+        "instance": ({"start": "Start a named instance of an image", "run": "Start one running its runscript",
+                      "list": "Show the running instances", "stop": "Stop instances"},
+                     help_only, {"start": Context(instance_start, stop=True), "run": Context(instance_start, stop=True),
                                  "list": Context(instance.LIST_FLAGS, "none"),
                                  "stop": Context(instance.STOP_FLAGS, "none")}),
         "cache": ({"list": "Show cached entries", "clean": "Remove cached entries"},

@@ -34,7 +34,8 @@ class Context:
 
     def __init__(self, flags: list[Flag], positional: str = "files", stop: bool = False,
                  subcommands: dict[str, str] | None = None) -> None:
-        self.flags, self.positional, self.stop = flags, positional, stop
+        self.flags = [f for f in flags if not f.hidden]  # hidden: Apptainer's, refused or kept for old scripts
+        self.positional, self.stop = positional, stop
         self.subcommands = subcommands or {}
 
 

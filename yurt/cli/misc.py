@@ -9,8 +9,8 @@ from yurt.errors import UsageError
 
 FLAGS = [Flag("help", short="h", help="show this help")]
 # Commands whose first argument is a subcommand with options of its own (`yurt help cache clean`).
-SUBCOMMANDS = {"instance": ("start", "list", "ls", "stop"), "cache": ("list", "ls", "clean"), "config": ("show",),
-               "registry": ("login", "logout", "list")}
+SUBCOMMANDS = {"instance": ("start", "run", "list", "ls", "stop"), "cache": ("list", "ls", "clean"),
+               "config": ("show",), "registry": ("login", "logout", "list")}
 
 
 def main(command: str, argv: list[str], ctx) -> int:
@@ -21,6 +21,14 @@ def main(command: str, argv: list[str], ctx) -> int:
             return 0
         if positionals:
             raise UsageError(f"unexpected argument {positionals[0]!r}", "yurt version takes none")
+        if getattr(ctx, "apptainer", False):
+            from yurt.cli import APPTAINER_VERSION
+
+            # `apptainer version` prints the bare number, `--version` names the program; under the name
+            # singularity too, as Apptainer's own singularity link does (cwltool, Snakemake and spython
+            # all take "apptainer version 1.x" for an Apptainer >= 1.1: README, "Using yurt as Apptainer").
+            print(f"apptainer version {APPTAINER_VERSION}" if ctx.long_version else APPTAINER_VERSION)
+            return 0
         from yurt import __version__
 
         print(f"yurt version {__version__}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 
+from yurt.config import ENV_PREFIXES, bool_text, env_lookup
 from yurt.errors import UsageError
 
 TRUE = ("1", "true", "yes", "on")
@@ -30,6 +31,12 @@ FALSE = ("0", "false", "no", "off", "")
 class Flag:
     """One option: ``kind`` is bool, value, list (repeatable) or int.
 
+    Its variables are ``YURT_<NAME>`` and ``YURT_<KEY>`` for each of ``env`` (more keys, as Apptainer's
+    ``EnvKeys``: ``bind`` has ``BINDPATH``), then the same with ``APPTAINER_`` and ``SINGULARITY_``
+    (:func:`yurt.config.env_lookup`); ``own_env=False`` leaves out ``<NAME>`` (``pull --name``: ``YURT_NAME``
+    is set inside every container).  A ``hidden`` flag works but is left out of the usage text (Apptainer's
+    options that yurt refuses, and spellings kept for old scripts).
+
     With ``unset_none`` the value is None when neither the flag nor its variable is given, so a
     config file's default (:mod:`yurt.config`) can apply; ``--flag=false`` still says no.  An int
     flag must have ``bounds`` (lowest, highest): a number out of them is a usage error, here, for
@@ -37,12 +44,13 @@ class Flag:
     ``choices`` are the values shell completion offers (the command itself checks the value).
     """
 
-    __slots__ = ("name", "kind", "short", "help", "metavar", "aliases", "env", "unset_none", "bounds", "choices")
+    __slots__ = ("name", "kind", "short", "help", "metavar", "aliases", "env", "unset_none", "bounds", "choices",
+                 "own_env", "hidden")
 
     def __init__(self, name: str, kind: str = "bool", short: str | None = None, help: str = "",
                  metavar: str = "VALUE", aliases: tuple[str, ...] = (), env: tuple[str, ...] = (),
                  unset_none: bool = False, bounds: tuple[int, int] | None = None,
-                 choices: tuple[str, ...] = ()) -> None:
+                 choices: tuple[str, ...] = (), own_env: bool = True, hidden: bool = False) -> None:
         if (kind == "int") != (bounds is not None):
             raise ValueError(f"--{name}: an int flag needs bounds, and only an int flag has them")
         self.name, self.kind, self.short, self.help = name, kind, short, help
@@ -50,20 +58,34 @@ class Flag:
         self.unset_none = unset_none
         self.bounds = bounds
         self.choices = choices
+        self.own_env, self.hidden = own_env, hidden
 
     @property
     def dest(self) -> str:
         return self.name.replace("-", "_")
 
-    def env_names(self) -> tuple[str, ...]:
+    def env_keys(self) -> tuple[str, ...]:
         if self.name == "help":  # YURT_HELP=1 in a job script must not turn every command into its usage
             return ()
-        return ("YURT_" + self.name.replace("-", "_").upper(), *self.env)
+        return ((self.name.replace("-", "_").upper(),) if self.own_env else ()) + self.env
+
+    def env_names(self) -> tuple[str, ...]:
+        """Every variable that sets this flag, the one that wins first."""
+        return tuple(p + k for p in ENV_PREFIXES for k in self.env_keys())
 
     def default(self) -> object:
         if self.unset_none:
             return None
         return {"bool": False, "list": [], "int": None, "value": None}[self.kind]
+
+
+# On every command that may reach a registry: exec/run/shell/test and instance start (docker://...), pull,
+# push, build.  Apptainer's spellings of --insecure are --no-https and --nohttps.
+REGISTRY_FLAGS = [
+    Flag("insecure", help="plain HTTP or unverified TLS for the registry", aliases=("no-https", "nohttps"),
+         env=("NOHTTPS", "NO_HTTPS")),
+    Flag("authfile", "value", None, "registry credentials file (docker/podman auth.json)", "FILE"),
+]
 
 
 def parse(argv: list[str], flags: list[Flag], *, stop_at_positional: bool,
@@ -175,28 +197,30 @@ def _from_environment(flags: list[Flag], values: dict[str, object], environ) -> 
     for f in flags:
         if f.dest in values:
             continue
-        for name in f.env_names():
-            raw = environ.get(name)
-            if raw is None:
-                continue
-            if f.kind == "bool":
-                values[f.dest] = _boolean(raw, name)
-            elif f.kind == "list":
-                values[f.dest] = [raw]
-            else:
-                _store(f, raw, values, name)
-            break
+        hit = env_lookup(f.env_keys(), environ, bool_text if f.kind == "bool" else None)
+        if hit is None:
+            continue
+        name, raw = hit
+        if f.kind == "bool":
+            values[f.dest] = _boolean(raw, name)
+        elif f.kind == "list":
+            values[f.dest] = [raw]
+        else:
+            _store(f, raw, values, name)
 
 
 def usage(command: str, synopsis: str, summary: str, flags: list[Flag]) -> str:
     lines = [f"Usage: yurt {command} {synopsis}", "", summary, "", "Options:"]
     for f in flags:
+        if f.hidden:
+            continue
         spell = (f"-{f.short}, " if f.short else "    ") + f"--{f.name}"
         if f.kind != "bool":
             spell += f" {f.metavar}"
         lines.append(f"  {spell:<30} {f.help}")
     lines.append("")
-    lines.append("Every option can also be set as YURT_<OPTION> in the environment (e.g. YURT_BIND).")
+    lines.append("Every option can also be set as YURT_<OPTION> in the environment (e.g. YURT_BIND; Apptainer's "
+                 "APPTAINER_<OPTION> and SINGULARITY_<OPTION> are read too, YURT_ first).")
     return "\n".join(lines)
 
 

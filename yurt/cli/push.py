@@ -25,6 +25,10 @@ def main(command: str, argv: list[str], ctx) -> int:
     if len(positionals) != 2:
         raise UsageError("push needs an image and a reference", f"yurt push {SYNOPSIS[0]}")
     image, ref = positionals
+    if values["authfile"]:
+        import os
+
+        os.environ["REGISTRY_AUTH_FILE"] = os.path.abspath(values["authfile"])
     if not ref.startswith(("oras://", "docker://")):
         raise UsageError(f"cannot push to {ref!r}", "use oras://HOST/REPO:TAG or docker://HOST/REPO:TAG")
     from yurt.cli.terminal import done, status

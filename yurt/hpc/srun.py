@@ -30,7 +30,8 @@ OWN_VALUE = ("image", "mounts", "yurt")
 OWN_BOOL = ("prestage", "no-sharens")
 # yurt exec options that give each rank its own container (limits cannot apply to a shared one).
 UNSHARED = ("--memory", "--cpus", "--pids-limit", "--cpuset", "--cpuset-cpus", "--sharens")
-SRUN_OWNED = ("mpi", "help")  # long names yurt exec has too: srun's meaning wins unless spelled --exec-NAME
+# Long names yurt exec has too: srun's meaning wins unless spelled --exec-NAME.
+SRUN_OWNED = ("mpi", "help", "network")
 # srun options that choose where a step runs; the pre-staging step gets the same ones.
 PLACEMENT = ("-N", "--nodes", "-w", "--nodelist", "-x", "--exclude", "-p", "--partition", "-A", "--account",
              "-q", "--qos", "--reservation", "-t", "--time", "--jobid")

@@ -29,7 +29,12 @@ from yurt.image.sif import (
 )
 from yurt.image.squashfs import unsquashfs_cat, unsquashfs_list
 
-SECTIONS = frozenset({"labels", "environment", "runscript", "deffile", "partitions", "digest", "helpfile"})
+SECTIONS = frozenset({"labels", "environment", "runscript", "deffile", "partitions", "digest", "helpfile",
+                      "startscript", "test"})
+# Attributes of an image, and of each SCIF app, as Apptainer's inspect names them (pkg/inspect), in its order.
+APPTAINER_ATTRIBUTES = ("apps", "environment", "labels", "runscript", "test", "helpfile", "deffile", "startscript")
+APP_FILES = {"runscript": "runscript", "startscript": "startscript", "test": "test", "helpfile": "runscript.help"}
+MAX_APPS = 64
 META_DIR = ".singularity.d"
 INSPECT_METADATA = "inspect-metadata.json"
 FILE_LIMIT = 1 << 20  # per metadata file; more is not metadata
@@ -73,18 +78,24 @@ class _SquashReader:
             self.warnings.append(e.message)
             return None
 
-    def env_files(self) -> dict[str, str]:
+    def _list(self, inner_dir: str) -> list[str]:
         try:
-            names = unsquashfs_list(self.path, self.offset, f"/{META_DIR}/env")
+            return unsquashfs_list(self.path, self.offset, inner_dir)
         except ImageError as e:
             self.warnings.append(e.message)
-            return {}
+            return []
+
+    def env_files(self, env_dir: str = f"{META_DIR}/env") -> dict[str, str]:
         env = {}
-        for name in sorted(n for n in names if n.endswith(".sh"))[:MAX_ENV_FILES]:
+        for name in sorted(n for n in self._list(f"/{env_dir}") if n.endswith(".sh"))[:MAX_ENV_FILES]:
             data = self.cat(name)
             if data is not None:
                 env[name] = data.decode("utf-8", "replace")
         return env
+
+    def app_names(self) -> list[str]:
+        return sorted({p.split("/")[3] for p in self._list("/scif/apps") if p.count("/") >= 5
+                       and p.split("/")[4] == "scif"})
 
 
 class _DirReader:
@@ -100,18 +111,23 @@ class _DirReader:
             self.warnings.append(e.message)
             return None
 
-    def env_files(self) -> dict[str, str]:
+    def _list(self, inner_dir: str) -> list[str]:
         try:
-            names = inroot.list_dir(self.root, f"{META_DIR}/env") or []
+            return inroot.list_dir(self.root, inner_dir) or []
         except ImageError as e:
             self.warnings.append(e.message)
-            return {}
+            return []
+
+    def env_files(self, env_dir: str = f"{META_DIR}/env") -> dict[str, str]:
         env = {}
-        for name in [n for n in names if n.endswith(".sh")][:MAX_ENV_FILES]:
-            data = self.cat(f"{META_DIR}/env/{name}")
+        for name in sorted(n for n in self._list(env_dir) if n.endswith(".sh"))[:MAX_ENV_FILES]:
+            data = self.cat(f"{env_dir}/{name}")
             if data is not None:
-                env[f"/{META_DIR}/env/{name}"] = data.decode("utf-8", "replace")
+                env[f"/{env_dir}/{name}"] = data.decode("utf-8", "replace")
         return env
+
+    def app_names(self) -> list[str]:
+        return sorted(n for n in self._list("scif/apps") if self._list(f"scif/apps/{n}/scif"))
 
 
 def _read_layout(reader: _SquashReader | _DirReader, info: dict[str, Any]) -> None:
@@ -121,6 +137,21 @@ def _read_layout(reader: _SquashReader | _DirReader, info: dict[str, Any]) -> No
     info["runscript"] = _text(reader.cat(f"{META_DIR}/runscript"))
     info["helpfile"] = _text(reader.cat(f"{META_DIR}/runscript.help"))
     info["deffile"] = _text(reader.cat(f"{META_DIR}/Singularity", DEFFILE_LIMIT))
+    info["startscript"] = _text(reader.cat(f"{META_DIR}/startscript"))
+    info["test"] = _text(reader.cat(f"{META_DIR}/test"))
+    if info.get("apps") is not None:  # asked for (they cost a few reads each)
+        info["apps"] = {name: _read_app(reader, name, info["warnings"]) for name in reader.app_names()[:MAX_APPS]}
+
+
+def _read_app(reader: _SquashReader | _DirReader, name: str, warnings: list[str]) -> dict[str, Any]:
+    """A SCIF app's attributes, from /scif/apps/NAME/scif as Apptainer's build lays them out."""
+    base = f"scif/apps/{name}/scif"
+    attrs: dict[str, Any] = {"labels": _labels_from_json(reader.cat(f"{base}/labels.json"), warnings,
+                                                         f"app {name} labels.json"),
+                             "environment": reader.env_files(f"{base}/env")}
+    for key, file in APP_FILES.items():
+        attrs[key] = _text(reader.cat(f"{base}/{file}"))
+    return attrs
 
 
 def _tree_size(root: str) -> int:
@@ -191,6 +222,8 @@ def _inspect_sif(path: str, info: dict[str, Any]) -> None:
         info["deffile"] = _first(_text(obj(DataType.DEFFILE, None, DEFFILE_LIMIT)), info["deffile"],
                                  meta.get("deffile"))
         info["helpfile"] = _first(_text(obj(None, "runscript.help")), info["helpfile"], meta.get("helpfile"))
+        info["startscript"] = _first(info["startscript"], meta.get("startscript"))
+        info["test"] = _first(info["test"], meta.get("test"))
 
 
 def _first(*values: Any) -> Any:
@@ -225,9 +258,10 @@ def _apptainer_metadata(data: bytes | None, warnings: list[str]) -> dict[str, An
     return out
 
 
-def _empty_info(path: str, fmt: str) -> dict[str, Any]:
+def _empty_info(path: str, fmt: str, apps: bool = False) -> dict[str, Any]:
     return {"path": path, "format": fmt, "labels": {}, "environment": {}, "runscript": None,
-            "deffile": None, "helpfile": None, "partitions": [], "warnings": []}
+            "deffile": None, "helpfile": None, "startscript": None, "test": None, "partitions": [],
+            "warnings": [], **({"apps": {}} if apps else {})}
 
 
 def _kind(path: str) -> str:
@@ -252,11 +286,12 @@ def _kind(path: str) -> str:
     raise ImageError(f"{path} is not a SIF, squashfs or sandbox directory image")
 
 
-def inspect_image(path: str | os.PathLike[str], *, digest: bool = True) -> dict[str, Any]:
-    """Everything we can tell about an image as a JSON-ready dict (see module docstring)."""
+def inspect_image(path: str | os.PathLike[str], *, digest: bool = True, apps: bool = False) -> dict[str, Any]:
+    """Everything we can tell about an image as a JSON-ready dict (see module docstring); with ``apps``, its
+    SCIF apps' attributes too (``info["apps"]``)."""
     path = os.fspath(path)
     kind = _kind(path)
-    info = _empty_info(path, kind)
+    info = _empty_info(path, kind, apps)
     if kind == "sandbox":
         _read_layout(_DirReader(path, info["warnings"]), info)
         info["size"] = _tree_size(path)
@@ -300,6 +335,52 @@ def _apptainer_json(info: dict[str, Any], sections: set[str]) -> dict[str, Any]:
         if value not in (None, {}, []):
             attrs[s] = value
     return {"data": {"attributes": attrs}, "type": "container"}
+
+
+def apptainer_inspect(info: dict[str, Any], sections: set[str], *, app: str | None = None,
+                      json_output: bool = False, list_apps: bool = False) -> str:
+    """What ``apptainer inspect`` prints (cmd/internal/cli/inspect.go): ``sections`` of the image, or with
+    ``app`` of that SCIF app, as ``{"data": {"attributes": {...}}, "type": "container"}`` (tab-indented,
+    empty members left out) or as its plain text; ``list_apps``: the apps' names too."""
+    apps = info.get("apps") or {}
+    attrs = _attributes(info if app is None else apps.get(app, {}), sections - {"apps"})
+    if app is not None:
+        attrs = {"apps": {app: attrs}} if app in apps else {}
+    if (list_apps or "apps" in sections) and apps:  # --all: every app with its attributes; --list-apps: names
+        attrs["apps"] = {name: _attributes(a, set(APPTAINER_ATTRIBUTES)) if "apps" in sections else {}
+                         for name, a in sorted(apps.items())}
+    attrs = {k: attrs[k] for k in APPTAINER_ATTRIBUTES if k in attrs}
+    if json_output:
+        return json.dumps({"data": {"attributes": attrs}, "type": "container"}, indent="\t",
+                          ensure_ascii=False) + "\n"
+    shown = attrs.get("apps", {}).get(app, {}) if app is not None else attrs
+    out = [f"{name}\n" for name in sorted(apps)] if list_apps else []
+    for key in ("deffile", "runscript", "startscript", "test", "helpfile"):
+        if shown.get(key):
+            out.append(shown[key] + "\n")
+    for name, text in sorted((shown.get("environment") or {}).items()):
+        out.append(f"=== {name} ===\n{text}\n\n")
+    for key, value in sorted((shown.get("labels") or {}).items()):
+        out.append(f"{key}: {value}\n")
+    return "".join(out)
+
+
+def _attributes(source: dict[str, Any], keys: set[str]) -> dict[str, Any]:
+    """The non-empty attributes ``keys`` of an image or app, in Apptainer's form."""
+    values = ((k, _apptainer_value(k, source.get(k))) for k in APPTAINER_ATTRIBUTES if k in keys and k != "apps")
+    return {k: v for k, v in values if v}
+
+
+def _apptainer_value(key: str, value: Any) -> Any:
+    """Apptainer's form of one attribute: texts without trailing newlines; of the environment scripts, those
+    inspect shows (``10-docker*.sh``, ``9*-environment.sh``, by their paths in the image)."""
+    if isinstance(value, str):
+        return value.rstrip("\n")
+    if key == "environment" and value:
+        return {k: v.rstrip("\n") for k, v in value.items()
+                if os.path.basename(k).startswith("10-docker") or (os.path.basename(k).startswith("9")
+                                                                    and k.endswith("-environment.sh"))}
+    return value
 
 
 def _section_text(info: dict[str, Any], section: str) -> str:

@@ -2,7 +2,8 @@
 
 Credentials for a registry host are looked up, first match wins, in:
 
-1. ``YURT_DOCKER_USERNAME`` / ``YURT_DOCKER_PASSWORD`` (both set; any registry);
+1. ``YURT_DOCKER_USERNAME`` / ``YURT_DOCKER_PASSWORD`` (both set; any registry; Apptainer's
+   ``APPTAINER_DOCKER_USERNAME``/``SINGULARITY_...`` too, see :func:`yurt.config.env_lookup`);
 2. yurt's own store ``~/.config/yurt/auth.json`` (``$XDG_CONFIG_HOME/yurt/auth.json``),
    written by ``yurt registry login`` through :func:`save_login`: mode 0600,
    replaced atomically, in the format of Docker's ``config.json``
@@ -124,10 +125,12 @@ def _lookup_in(path: Path, host: str) -> Credentials | None:
 def credentials_for(host: str) -> Credentials | None:
     """``(user, password)`` for ``host``, or ``None`` to go anonymous (see the module docstring)."""
     host = normalize_host(host)
-    user, password = os.environ.get(ENV_USERNAME), os.environ.get(ENV_PASSWORD)
-    if user and password is not None:
-        _debug(f"credentials for {host} from {ENV_USERNAME}/{ENV_PASSWORD}")
-        return user, password
+    from yurt.config import env_lookup  # YURT_DOCKER_USERNAME, else APPTAINER_..., else SINGULARITY_...
+
+    user, password = env_lookup(("DOCKER_USERNAME",)), env_lookup(("DOCKER_PASSWORD",))
+    if user and user[1] and password is not None:
+        _debug(f"credentials for {host} from {user[0]}/{password[0]}")
+        return user[1], password[1]
     for path in _sources():
         found = _lookup_in(path, host)
         if found:

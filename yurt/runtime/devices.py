@@ -32,7 +32,10 @@ def extra_nodes(options: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def mount_minimal_dev(dev: str, *, ipc_namespace: bool, nodes: list[tuple[str, str]] = ()) -> None:
+def mount_minimal_dev(dev: str, *, ipc_namespace: bool, nodes: list[tuple[str, str]] = (),
+                      devpts: bool = True) -> None:
+    """A tmpfs /dev with the usual nodes, links, /dev/shm and (unless ``devpts`` is false: ``--no-mount
+    devpts``) a new devpts instance on /dev/pts."""
     sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC | sc.MS_STRICTATIME,
              "mode=0755,size=1m,nr_inodes=4096")
     for name in NODES:
@@ -47,7 +50,8 @@ def mount_minimal_dev(dev: str, *, ipc_namespace: bool, nodes: list[tuple[str, s
     pts = os.path.join(dev, "pts")
     os.mkdir(pts, 0o755)
     try:
-        sc.mount("devpts", pts, "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+        if devpts:
+            sc.mount("devpts", pts, "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
     except OSError:
         # Some kernels refuse a new devpts here: fall back to the host's.
         sc.mount("/dev/pts", pts, None, sc.MS_BIND | sc.MS_REC)

@@ -183,7 +183,7 @@ def exec_payload(spec: ContainerSpec, plan: _ExecPlan, old_mask: set[int] | None
             from yurt.runtime import seccomp  # loaded before the pivot by _ExecPlan
 
             seccomp.install_fake_ownership()
-        _execvpe(args, proc.env)
+        _execvpe(args, proc.env, spec.extras.apptainer)
     except YurtError as e:
         if plan.hooks is not None:
             plan.hooks.exec_failed()
@@ -204,36 +204,57 @@ def _final_args(spec: ContainerSpec, plan: _ExecPlan) -> list[str]:
     if spec.extras.env_scripts and (spec.extras.env_script_text or spec.extras.app
                                     or os.path.isdir("/.singularity.d/env")):
         if os.path.exists("/bin/sh"):
-            args = ["/bin/sh", "-c", _with_payload_check(plan.env_wrapper, args[0]), "yurt", *args]
+            args = ["/bin/sh", "-c", _with_payload_check(plan.env_wrapper, args[0], spec.extras.apptainer), "yurt",
+                    *args]
         elif spec.extras.debug:
             os.write(2, b"yurt: debug: image has env scripts but no /bin/sh; not sourcing them\n")
     return args
 
 
-def _with_payload_check(wrapper: str, name: str) -> str:
+def _with_payload_check(wrapper: str, name: str, apptainer: bool = False) -> str:
     """The env-script wrapper, made to say a missing command as yurt says it without a shell (one
-    ``yurt: error:`` line, status 127) rather than in the shell's words (``yurt: exec: line 8: ...``).
-    The name is shown escaped and quoted here, so that no character of it reaches the terminal raw."""
+    ``yurt: error:`` line, status 127; as Apptainer says it, status 255, under its names) rather than in
+    the shell's words (``yurt: exec: line 8: ...``).  The name is shown escaped and quoted here, so that
+    no character of it reaches the terminal raw."""
     shown = sh_quote(one_line(name))
-    where, path = ("", "") if "/" in name else (" (PATH=%s)", ' "$PATH"')
-    check = (f'command -v "$1" >/dev/null 2>&1 || {{ printf \'yurt: error: %s: command not found in the container'
-             f'{where}\\n\' {shown}{path} >&2; exit 127; }}\n')
+    if apptainer:
+        text, path, status = _apptainer_missing('"%s"', name), "", 255
+    else:
+        where, path = ("", "") if "/" in name else (" (PATH=%s)", ' "$PATH"')
+        text, status = f"%s: command not found in the container{where}", 127
+    check = (f'command -v "$1" >/dev/null 2>&1 || {{ printf \'yurt: error: {text}'
+             f'\\n\' {shown}{path} >&2; exit {status}; }}\n')
     head, _, tail = wrapper.rpartition("\n")  # tail: exec "$@"
     return f"{head}\n{check}{tail}" if head else check + tail
 
 
-def _execvpe(args: list[str], env: dict[str, str]) -> NoReturn:
+def _execvpe(args: list[str], env: dict[str, str], apptainer: bool = False) -> NoReturn:
+    """``execvpe``; a command that is missing or cannot run is PayloadNotFound (127) or PayloadNotExecutable
+    (126), as a shell says, or under Apptainer's names status 255 and a missing one in Apptainer's words
+    (``"x": executable file not found in $PATH``, which cwltool looks for)."""
     if not args or not args[0]:  # `yurt exec IMG ''`, an Entrypoint of [""]
-        raise PayloadNotFound("no command to run (the command is empty)")
+        raise _status(PayloadNotFound("no command to run (the command is empty)"), apptainer)
     try:
         _search_and_exec(args[0], args, env)
     except FileNotFoundError:
         where = "" if "/" in args[0] else f" (PATH={env.get('PATH', '')})"
-        raise PayloadNotFound(f"{args[0]}: command not found in the container{where}")
+        text = (_apptainer_missing(f'"{args[0]}"', args[0]) if apptainer
+                else f"{args[0]}: command not found in the container{where}")
+        raise _status(PayloadNotFound(text), apptainer)
     except PermissionError:
-        raise PayloadNotExecutable(f"{args[0]}: permission denied in the container")
+        raise _status(PayloadNotExecutable(f"{args[0]}: permission denied in the container"), apptainer)
     except OSError as e:
-        raise PayloadNotExecutable(f"{args[0]}: cannot execute: {e.strerror}")
+        raise _status(PayloadNotExecutable(f"{args[0]}: cannot execute: {e.strerror}"), apptainer)
+
+
+def _apptainer_missing(shown: str, name: str) -> str:
+    return f"{shown}: no such file or directory" if "/" in name else f"{shown}: executable file not found in $PATH"
+
+
+def _status(e: YurtError, apptainer: bool) -> YurtError:
+    if apptainer:  # Apptainer's starter ends every failure to start the payload with FATAL, status 255
+        e.exit_code = 255
+    return e
 
 
 def _search_and_exec(file: str, args: list[str], env: dict[str, str]) -> NoReturn:

@@ -262,7 +262,8 @@ class MountExecutor:
         elif m.kind == "devpts":
             sc.mount("devpts", target, "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666")
         elif m.kind == "devdir":
-            devices.mount_minimal_dev(path, ipc_namespace=self.spec.has(NS_IPC), nodes=devices.extra_nodes(m.options))
+            devices.mount_minimal_dev(path, ipc_namespace=self.spec.has(NS_IPC), nodes=devices.extra_nodes(m.options),
+                                      devpts="no-devpts" not in m.options)
         elif m.kind in FILE_KINDS:
             self.bind_generated(self.generate(m), target, path, m)
         else:

@@ -46,7 +46,7 @@ class ActionRequest(Record):
                  "ipc", "net", "uts", "hostname", "cleanenv", "env", "env_file", "fakeroot", "writable_tmpfs",
                  "writable_tmpfs_size", "overlays", "workdir", "shell", "no_init", "ignore_subuid", "writable",
                  "fake_ownership", "app", "debug", "site", "image_ref", "nv", "rocm", "devices", "cdi_dirs",
-                 "hooks_dirs", "mpi", "run_as", "image_tmp", "integrations")
+                 "hooks_dirs", "mpi", "run_as", "image_tmp", "integrations", "no_mount", "apptainer")
     _defaults = {"args": list, "binds": list, "home": None, "no_home": False, "pwd": None, "contain": False,
                  "containall": False, "pid": False, "ipc": False, "net": False, "uts": False, "hostname": None,
                  "cleanenv": False, "env": list, "env_file": None, "fakeroot": False, "writable_tmpfs": False,
@@ -54,7 +54,7 @@ class ActionRequest(Record):
                  "ignore_subuid": False, "writable": False, "fake_ownership": False, "app": None,
                  "debug": False, "site": True, "image_ref": None, "nv": False, "rocm": False, "devices": list,
                  "cdi_dirs": list, "hooks_dirs": list, "mpi": None, "run_as": None, "image_tmp": False,
-                 "integrations": dict}
+                 "integrations": dict, "no_mount": list, "apptainer": False}
     action: str  # exec | run | shell
     image: Image
     args: list[str]
@@ -100,6 +100,10 @@ class ActionRequest(Record):
     # Built-in hooks of the layers above the runtime (yurt-mpi.json: yurt.hpc), added to the runtime's own
     # (yurt.runtime.hooks.BUILTINS); the command line hands them in, so the runtime imports nothing above it.
     integrations: dict
+    # --no-mount: proc, sys, dev, devpts, home, tmp, cwd, hostfs, bind-paths or a system file's or site
+    # bind's destination (Apptainer's words; yurt.cli.apptainer checks them)
+    no_mount: list[str]
+    apptainer: bool  # started as apptainer/singularity: Apptainer's exit statuses for a missing command
 
 
 class Bind(Record):
@@ -234,7 +238,7 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None, c
     mounts: list[Mount] = []
     # 1. /dev
     if contain:
-        mounts.append(Mount("/dev", "devdir"))
+        mounts.append(Mount("/dev", "devdir", options=["no-devpts"] if "devpts" in req.no_mount else []))
     else:
         mounts.append(Mount("/dev", "bind", "/dev", ["dev"]))
     # 2. system files
@@ -294,6 +298,8 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None, c
     if host_cwd and not contain and not req.pwd and binds_cwd(host_cwd) and (
             site is None or site.denied_bind(host_cwd) is None):
         mounts.append(Mount(host_cwd, "bind", host_cwd, ["if-not-visible"], optional=True))
+    if req.no_mount:
+        mounts = _without(mounts, req.no_mount, home_dst, host_cwd)
     image_env, fallback, workdir = _image_config(req)
     cwd = req.pwd or (workdir if req.action == "run" and workdir else None) or (
         home_dst if contain else host_cwd or home_dst)
@@ -349,6 +355,7 @@ def plan_container(req: ActionRequest, host_env: dict[str, str] | None = None, c
             fake_ownership=req.fake_ownership,
             app=req.app,
             debug=req.debug,
+            apptainer=req.apptainer,
         ),
     )
     if req.mpi not in (None, "", "hybrid", "host", "none"):
@@ -380,6 +387,20 @@ def binds_cwd(cwd: str) -> bool:
     if cwd == "/":
         return False
     return not any(cwd == p or cwd.startswith(p + "/") for p in SYSTEM_PATHS)
+
+
+def _without(mounts: list[Mount], words: list[str], home: str, cwd: str | None) -> list[Mount]:
+    """``--no-mount``: the mounts left when those named are dropped; a user's own ``-B`` always stays.
+    Site binds and the system files are "bind paths" in Apptainer's words (``bind-paths``, or by path)."""
+    kinds = {"proc": ("/proc",), "sys": ("/sys",), "dev": ("/dev",), "tmp": ("/tmp", "/var/tmp"), "home": (home,)}
+    drop = {d for w in words for d in kinds.get(w, ())}
+    bind_paths = {m.destination for m in mounts if m.kind == "bind" and m.optional  # site binds, system files
+                  and "if-not-visible" not in m.options and m.destination not in ("/tmp", "/var/tmp")}
+    if "bind-paths" in words:
+        drop |= bind_paths
+    drop |= {w for w in words if w in bind_paths}
+    return [m for m in mounts if m.destination not in drop
+            and not ("cwd" in words and "if-not-visible" in m.options and m.destination == cwd)]
 
 
 def _site_binds(site, taken: set[str]) -> list[Bind]:
