@@ -154,8 +154,9 @@ def list_(argv: list[str], ctx=None) -> int:
         for r in table:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[2])
         return 0
-    table = [("INSTANCE NAME", "PID", "STARTED", "IMAGE")]
-    table += [(str(d.get("name")), str(d.get("pid")), str(d.get("started")), str(d.get("image"))) for d in rows]
+    third = ("IP", lambda d: "") if getattr(ctx, "apptainer", False) else ("STARTED", lambda d: str(d.get("started")))
+    table = [("INSTANCE NAME", "PID", third[0], "IMAGE")]  # Apptainer's columns under its names
+    table += [(str(d.get("name")), str(d.get("pid")), third[1](d), str(d.get("image"))) for d in rows]
     widths = [max(len(r[i]) for r in table) for i in range(3)]
     for r in table:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[3])
