@@ -468,3 +468,23 @@ From: {busybox_rootfs_copy}
     assert (out / str(outside).lstrip("/") / "file").read_text() == "in image\n"
     assert (out / "merge" / "keep").read_text() == "kept\n" and (out / "merge" / "new").read_text() == "new\n"
     assert (out / "x").read_text() == "new\n"
+
+
+def test_sif_to_sandbox_uncached_with_a_user_owned_root(yurt_cmd, busybox_sif, tmp_path):
+    """``build --sandbox DIR IMG.sif`` as a rootless user with a subuid range, nothing cached: the SIF
+    (built rootless) records the user's own id as the owner of /, which the build's id map turns into
+    an id of the subuid range; moving that tree into place must still work (it failed with EACCES)."""
+    if os.geteuid() == 0:
+        pytest.skip("the subuid build is a rootless one")
+    out = tmp_path / "sbx"
+    r = yurt_cmd("build", "--sandbox", out, busybox_sif, env={"YURT_CACHEDIR": str(tmp_path / "fresh-cache")},
+                 timeout=300)
+    try:
+        assert r.returncode == 0, r.stderr
+        assert (out / "bin" / "busybox").is_file()
+        assert yurt_cmd("exec", out, "echo", "from the sandbox").stdout == "from the sandbox\n"
+    finally:
+        if out.exists():  # its files may belong to the subuid range: removed as the build's root
+            from yurt.builder.runner import detect_mode
+
+            detect_mode().call(shutil.rmtree, str(out))
