@@ -109,7 +109,10 @@ FLAGS += [*APPTAINER_FLAGS, Flag("help", short="h", help="show this help")]
 _APPTAINER_DESTS = tuple(f.dest for f in APPTAINER_FLAGS) + ("authfile",)
 
 # Start options a join must plan with as well (identity and home as the instance has them).
-JOIN_OPTIONS = ("fakeroot", "ignore_subuid", "contain", "containall", "home", "no_home", "workdir")
+# --insecure and --authfile: a join plans with the reference the instance started from (docker://...), which the
+# registry may be asked about again, as it was then.
+JOIN_OPTIONS = ("fakeroot", "ignore_subuid", "contain", "containall", "home", "no_home", "workdir", "insecure",
+                "authfile")
 # Options that shape a container and so only mean something when an instance starts.
 _START_ONLY = ("bind", "overlay", "writable", "writable_tmpfs", "net", "ipc", "uts", "hostname", "memory", "cpus",
                "pids_limit", "cpuset", "sharens", "nv", "rocm", "device")

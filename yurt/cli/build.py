@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from yurt.cli.fromref import is_image
 from yurt.cli.options import REGISTRY_FLAGS, Flag, parse_command
 from yurt.cli.pull import PLATFORM_FLAGS
 from yurt.errors import UsageError
@@ -27,6 +28,7 @@ REFUSED = {
     "writable_tmpfs": "yurt runs %test on the built tree itself",
     "ignore_userns": "yurt builds need a user namespace unless they run as root",
     "data": "yurt cannot build OCI-SIF data containers",
+    "compat32": "yurt builds bind only what the build needs (no GPU driver)",
     "docker_login": "log in once with 'yurt registry login', or set APPTAINER_DOCKER_USERNAME and _PASSWORD",
 }
 _REFUSED_KINDS = {"section": "list", "library": "value", "pem_path": "value", "bind": "list", "mount": "list",
@@ -38,9 +40,6 @@ NO_TRANSPORT = {"docker-daemon:": "yurt does not talk to a Docker daemon: 'docke
                 "shub://": "Singularity Hub is gone; use docker:// or oras://",
                 "http://": "download the image first", "https://": "download the image first",
                 "ipfs://": "yurt has no IPFS client"}
-URI_AGENTS = {"docker://": "docker", "oras://": "oras", "oci:": "oci", "oci-archive:": "oci-archive",
-              "docker-archive:": "docker-archive"}
-
 FLAGS = [
     Flag("sandbox", short="s", help="write a directory (sandbox) image instead of a SIF"),
     Flag("notest", short="T", aliases=("no-test",), help="do not run the definition file's %test section"),
@@ -92,6 +91,7 @@ def main(command: str, argv: list[str], ctx) -> int:
             raise UsageError(f"--{dest.replace('_', '-')} is not supported: {why}")
     from contextlib import nullcontext
 
+    from yurt.cli.fromref import uri_of
     from yurt.cli.pull import archive_ref, check_reproducible, without_cache
 
     check_reproducible(values)
@@ -105,7 +105,7 @@ def main(command: str, argv: list[str], ctx) -> int:
     for prefix, why in NO_TRANSPORT.items():
         if source.startswith(prefix):
             raise UsageError(f"cannot build from {source!r}: {why}")
-    uri = next((p for p in URI_AGENTS if source.startswith(p)), None)
+    uri = uri_of(source)
     if uri is None and not os.path.exists(source):
         raise UsageError(f"{source} does not exist", "give a definition file, a root filesystem directory, an "
                          "image or a reference (docker://...)")
@@ -140,7 +140,7 @@ def _build(values: dict, out: str, source: str, uri: str | None, ctx) -> None:
 
         _write_out(pull(source, pull_options).sif, out)
         return
-    if uri is None and os.path.isfile(source) and _is_image(source):
+    if uri is None and os.path.isfile(source) and is_image(source):
         if not values["sandbox"]:  # a SIF or squashfs to a SIF: a copy, as Apptainer's rebuild gives the same
             import shutil
 
@@ -157,7 +157,7 @@ def _build(values: dict, out: str, source: str, uri: str | None, ctx) -> None:
     dockerfile = values["dockerfile"]
     from yurt.builder.dockerbuild import recipe_is_dockerfile
 
-    if dockerfile is None and uri is None and os.path.isfile(source) and not _is_image(source) \
+    if dockerfile is None and uri is None and os.path.isfile(source) and not is_image(source) \
             and recipe_is_dockerfile(source):
         dockerfile, source = source, os.path.dirname(os.path.abspath(source))
     if dockerfile is not None:
@@ -178,39 +178,20 @@ def _build(values: dict, out: str, source: str, uri: str | None, ctx) -> None:
         else:
             pack.build_sif(source, out, compression=compression, mksquashfs_args=mksquashfs_args)
     else:
-        import tempfile
-
         from yurt.builder import executor
         from yurt.builder.templating import parse_build_args
 
-        with tempfile.TemporaryDirectory(prefix="yurt-build-") as tmp:
-            recipe = source
-            if uri is not None or _is_image(source):  # what Apptainer builds from a reference or an image
-                agent = URI_AGENTS[uri] if uri else "localimage"
-                ref = source[len(uri):] if uri else os.path.abspath(source)
-                if agent in ("oci", "oci-archive", "docker-archive"):
-                    ref = os.path.abspath(ref)
-                recipe = os.path.join(tmp, "from-source.def")
-                with open(recipe, "w", encoding="utf-8", errors="surrogateescape") as f:
-                    f.write(f"Bootstrap: {agent}\nFrom: {ref}\n")
-            executor.build(recipe, out, sandbox=values["sandbox"], notest=values["notest"],
-                           build_args=parse_build_args(values["build_arg"]),
-                           build_arg_file=values["build_arg_file"],
-                           warn_unused_build_args=values["warn_unused_build_args"], fakeroot=values["fakeroot"],
-                           compression=compression, mksquashfs_args=mksquashfs_args, force=values["force"],
-                           pull_options=pull_options, no_cache=values["no_cache"])
+        options = dict(notest=values["notest"], build_args=parse_build_args(values["build_arg"]),
+                       build_arg_file=values["build_arg_file"],
+                       warn_unused_build_args=values["warn_unused_build_args"], fakeroot=values["fakeroot"],
+                       compression=compression, mksquashfs_args=mksquashfs_args, force=values["force"],
+                       no_cache=values["no_cache"])
+        if uri is not None or is_image(source):  # what Apptainer builds from a reference or an image
+            from yurt.cli.fromref import build_from
 
-
-def _is_image(path: str) -> bool:
-    """A SIF or a squashfs file (by its magic), not a recipe."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-    except OSError:
-        return False
-    from yurt.image.source import SIF_MAGIC, SIF_MAGIC_OFFSET
-
-    return head[:4] == b"hsqs" or head[SIF_MAGIC_OFFSET:SIF_MAGIC_OFFSET + len(SIF_MAGIC)] == SIF_MAGIC
+            build_from(source, out, sandbox=values["sandbox"], pull_options=pull_options, **options)
+        else:
+            executor.build(source, out, sandbox=values["sandbox"], pull_options=pull_options, **options)
 
 
 def _fix_perms(root: str) -> None:

@@ -32,6 +32,7 @@ FLAGS = [
     Flag("dir", "value", None, "write the image into this directory", "DIR", own_env=False,
          env=("PULLDIR", "PULLFOLDER")),
     Flag("disable-cache", help="use no cache: download into a temporary one, removed afterwards"),
+    Flag("sandbox", help="write a sandbox directory instead of a SIF (default name without .sif)"),
     Flag("allow-unsigned", short="U", aliases=("allow-unauthenticated",),
          help="accepted: yurt pulls unsigned images (it verifies no signatures)"),
     Flag("reproducible", help="with SOURCE_DATE_EPOCH set (the image's dates), as Apptainer's --reproducible"),
@@ -148,6 +149,8 @@ def main(command: str, argv: list[str], ctx) -> int:
     check_reproducible(values)
     ref = archive_ref(positionals[-1])
     out = values["name"] or (positionals[0] if len(positionals) == 2 else default_name(ref))
+    if values["sandbox"] and not values["name"] and len(positionals) == 1 and out.endswith(".sif"):
+        out = out[:-4]
     if values["dir"]:  # Apptainer: the name is joined to the directory (an absolute name stays as it is)
         out = os.path.join(values["dir"], out)
     if os.path.lexists(out) and not values["force"]:
@@ -156,6 +159,8 @@ def main(command: str, argv: list[str], ctx) -> int:
 
     if not is_pullable(ref):
         raise UsageError(f"cannot pull {ref!r}", "use docker://, oras://, oci:, oci-archive: or docker-archive:")
+    if values["sandbox"]:
+        return _pull_sandbox(values, out, ref, ctx)
     with without_cache() if values["disable_cache"] else nullcontext():
         result = pull(ref, pull_options(values, ctx))
         _write_out(result.sif, out)
@@ -164,6 +169,23 @@ def main(command: str, argv: list[str], ctx) -> int:
         from yurt.cli.terminal import done
 
         done(f"{out} ({result.manifest_digest[:19]}, {how})")
+    return 0
+
+
+def _pull_sandbox(values: dict, out: str, ref: str, ctx) -> int:
+    """``pull --sandbox``: the image unpacked into the directory ``out``, as ``build --sandbox OUT REF``."""
+    from yurt.cli.fromref import build_from
+    from yurt.image.squashfs import DEFAULT_COMPRESSION
+
+    if os.path.isdir(out) and not os.path.islink(out):
+        raise UsageError(f"{out} is a directory; remove it first")
+    with without_cache() if values["disable_cache"] else nullcontext():
+        build_from(ref, out, sandbox=True, pull_options=pull_options(values, ctx), notest=True,
+                   compression=DEFAULT_COMPRESSION, force=values["force"])
+    if not ctx.quiet:
+        from yurt.cli.terminal import done
+
+        done(f"{out} (a sandbox)")
     return 0
 
 

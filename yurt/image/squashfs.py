@@ -163,6 +163,11 @@ def mksquashfs(
     nproc = thread_count(processors)
     if nproc < 1:
         raise ImageError(f"mksquashfs needs at least one processor, got {nproc}")
+    if "-comp" in extra_args:  # `--mksquashfs-args "-comp gzip"` (Apptainer's way to choose) wins
+        i = list(extra_args).index("-comp")
+        if i + 1 >= len(extra_args) or extra_args[i + 1] not in COMPRESSIONS:
+            raise ImageError("--mksquashfs-args: -comp needs one of " + ", ".join(COMPRESSIONS))
+        compression, extra_args = extra_args[i + 1], [*extra_args[:i], *extra_args[i + 2:]]
     cmd = [
         _tool("mksquashfs"), src_dir, out_path,
         "-noappend", "-comp", compression, "-processors", str(nproc), "-quiet", "-no-progress",
