@@ -77,7 +77,8 @@ def cwltool(world, tmp_path: Path, requirement: str, *, env: dict[str, str] | No
     ok(r)
     # the output object is the last thing on stdout; spython copies a dockerFile build's own output
     # (stdout and stderr, Apptainer's INFO lines alike) to the same stdout before it
-    result = json.loads(r.stdout[r.stdout.rindex("\n{") + 1 if not r.stdout.startswith("{") else 0:])
+    start = 0 if r.stdout.startswith("{") else r.stdout.rindex("\n{") + 1
+    result = json.loads(r.stdout[start:])
     lines = Path(result["out"]["path"]).read_text().splitlines()
     assert Path(result["made"]["path"]).read_text() == "done\n", result
     assert infile.read_text() == "input data\n", "the tool changed its input on the host"
