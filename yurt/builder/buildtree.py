@@ -125,9 +125,11 @@ def _place_sandbox(runner: Runner, src: str, out: str) -> None:
         os.rename(src, out)
     except OSError as e:
         if e.errno in (errno.EACCES, errno.EPERM) and runner.mode == SUBUID:
-            # The tree's top directory belongs to an id of the build's subuid range (an image whose / is
-            # not root's, e.g. a SIF built rootless), and moving a directory to another parent rewrites
-            # its '..', which takes write access to it: only the build's root has that.
+            # A build with steps, from an image whose / is not root's (a SIF built rootless records the
+            # builder's id): under the build's id map the tree's top directory belongs to an id of the
+            # subuid range, and moving a directory to another parent rewrites its '..', which takes write
+            # access to it: only the build's root has that.  (A plain conversion, nothing run, has no
+            # map: its tree is the user's, see yurt.builder.runner.detect_mode.)
             runner.call(_rename, src, out)
             return
         if e.errno != errno.EXDEV:
