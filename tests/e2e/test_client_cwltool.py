@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -117,8 +116,11 @@ def test_sif_by_image_id_in_cache(client_world, tmp_path):
 def test_sandbox_directory(client_world, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
-    # a sandbox is an image's tree as a directory (here the very tree the SIF was built from)
-    shutil.copytree(client_world.rootfs, images / "bash-sandbox", symlinks=True)
+    # a sandbox made as a user makes one, `apptainer build --sandbox DIR IMG.sif`: the tree is the user's
+    # own, so pytest removes it with the rest of tmp_path
+    env = client_world.env(tmp_path / "home")
+    ok(run([client_world.bin_dir / "apptainer", "build", "--sandbox", images / "bash-sandbox", client_world.sif],
+           env, tmp_path))
     _, lines = cwltool(client_world, tmp_path, "dockerPull: bash-sandbox",
                        env={"CWL_SINGULARITY_IMAGES": str(images)})
     check_ran(lines)
