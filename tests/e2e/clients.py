@@ -102,8 +102,38 @@ def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 def add_host_bash(rootfs: Path) -> None:
     """Copy the host's /bin/bash and the shared libraries it loads (``ldd``) into ``rootfs``."""
-    out = subprocess.run(["ldd", "/bin/bash"], capture_output=True, text=True, check=True, timeout=30).stdout
-    files = ["/bin/bash"]
+    add_host_program(rootfs, "/bin/bash")
+
+
+# What of the host's Python standard library an image with python3 leaves out: tests, GUI, packaging.
+_PYTHON_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "site-packages",
+                "dist-packages", "__pycache__", "pydoc_data"}
+
+
+def add_host_python(rootfs: Path) -> None:
+    """The host's /usr/bin/python3 (Debian's), its standard library less tests, GUI and packaging, and the
+    shared libraries it and its extension modules load, into ``rootfs`` as ``/usr/bin/python3``."""
+    real = Path(os.path.realpath("/usr/bin/python3"))
+    version = real.name  # python3.11
+    stdlib = Path("/usr/lib") / version
+    dest_lib = rootfs / "usr" / "lib" / version
+    shutil.copytree(stdlib, dest_lib, symlinks=True,
+                    ignore=lambda _d, names: [n for n in names if n in _PYTHON_SKIP or n.startswith("config-")])
+    add_host_program(rootfs, str(real))
+    for module in sorted((stdlib / "lib-dynload").glob("*.so")):
+        add_host_program(rootfs, str(module), copy_program=False)
+    for link in ("python3", "python"):
+        path = rootfs / "usr" / "bin" / link
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        path.symlink_to(version)
+
+
+def add_host_program(rootfs: Path, program: str, *, copy_program: bool = True) -> None:
+    """Copy the host's ``program`` (unless ``copy_program`` is false) and the shared libraries it loads
+    (``ldd``) into ``rootfs`` at the same paths."""
+    out = subprocess.run(["ldd", program], capture_output=True, text=True, check=True, timeout=30).stdout
+    files = [program] if copy_program else []
     for line in out.splitlines():
         parts = line.split()
         if "=>" in parts and len(parts) >= 3 and parts[2].startswith("/"):
