@@ -49,6 +49,14 @@ else
 DIST ?= $(CURDIR)/dist
 BUILD_VENV ?= $(CURDIR)/.venv-build
 endif
+# The workflow clients (Snakemake, cwltool, spython) the e2e tests drive, in a venv of their own (never
+# yurt's), world-readable for the test user: tests/e2e/clients.py.
+CLIENTS_REQUIREMENTS := tests/e2e/clients-requirements.txt
+ifeq ($(IS_ROOT),1)
+CLIENTS_VENV ?= /opt/yurt-clients-venv
+else
+CLIENTS_VENV ?= $(CURDIR)/.venv-clients
+endif
 SUBID_RANGE_START ?= 100000
 SUBID_RANGE_COUNT ?= 65536
 PYTEST_TIMEOUT ?= 300
@@ -69,7 +77,7 @@ YURT := $(VENV)/bin/yurt
 PRIVATE_SITE_DIR := unshare -m --propagation private -- \
 	sh -c 'mount -t tmpfs -o mode=0755 yurt-test-etc /etc/yurt && exec "$$@"' private-site-dir
 
-.PHONY: help deps install install-completions dist demo test test-setup test-user stage lint bench clean distclean
+.PHONY: help deps install install-completions dist demo test test-setup test-user stage clients-venv lint bench clean distclean
 
 help:
 	@sed -n '3,12s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
@@ -243,6 +251,24 @@ define run_lint
 	[ "$$lint" = 0 ] || { echo "error: lint failed (output above)" >&2; exit 1; }
 endef
 
+# ---------------------------------------------------------------- workflow clients
+
+# $(CLIENTS_VENV) with the pinned clients of $(CLIENTS_REQUIREMENTS) from PyPI, made from $(VENV_PYTHON);
+# skipped when it holds that very list already.
+clients-venv:
+	umask 022
+	want="$$(sha256sum '$(CLIENTS_REQUIREMENTS)' | cut -d' ' -f1)"
+	if [ "$$(cat '$(CLIENTS_VENV)/.clients-install' 2>/dev/null)" = "$$want" ]; then
+		echo "==> workflow clients already installed in $(CLIENTS_VENV)"
+		exit 0
+	fi
+	echo "==> creating $(CLIENTS_VENV): Snakemake, cwltool, spython ($(CLIENTS_REQUIREMENTS))"
+	rm -rf '$(CLIENTS_VENV)'
+	'$(VENV_PYTHON)' -m venv '$(CLIENTS_VENV)'
+	'$(CLIENTS_VENV)/bin/python' -m pip install --disable-pip-version-check -q -r '$(CLIENTS_REQUIREMENTS)'
+	echo "$$want" > '$(CLIENTS_VENV)/.clients-install'
+	chmod -R a+rX '$(CLIENTS_VENV)'
+
 # ---------------------------------------------------------------- tests
 
 ifeq ($(IS_ROOT),1)
@@ -298,7 +324,7 @@ stage:
 # The artifacts under test, for tests/integration/test_installed_artifact.py and test_python_versions_root.py.
 TEST_ARTIFACTS = YURT_TEST_WHEEL="$$(ls '$(DIST)'/yurt-*.whl)" YURT_TEST_SDIST="$$(ls '$(DIST)'/yurt-*.tar.gz)"
 
-test-setup: deps test-user dist stage
+test-setup: deps test-user dist stage clients-venv
 	$(call install_wheel)
 	chmod -R a+rX '$(VENV)'
 	echo "==> checking that $(TEST_USER) runs the installed wheel from $(VENV), not a source tree"
@@ -315,7 +341,7 @@ test: test-setup
 	mkdir -p /etc/yurt
 	echo "==> [1/2] rootless tests as $(TEST_USER) in $(STAGE): pytest -m 'not root' $(PYTEST_PATHS)"
 	$(PRIVATE_SITE_DIR) runuser -u '$(TEST_USER)' -- env -i HOME=/home/$(TEST_USER) USER=$(TEST_USER) LOGNAME=$(TEST_USER) \
-		$(TEST_ENV_COMMON) $(TEST_ARTIFACTS) \
+		$(TEST_ENV_COMMON) $(TEST_ARTIFACTS) YURT_TEST_CLIENTS_VENV='$(CLIENTS_VENV)' \
 		'$(VENV)/bin/python' -m pytest -m 'not root' $(PYTEST_FLAGS) $(PYTEST_PATHS) || rootless=$$?
 	echo "==> [2/2] root-only tests as root in $(STAGE): pytest -m root $(PYTEST_PATHS)"
 	$(PRIVATE_SITE_DIR) env -i HOME=/root USER=root LOGNAME=root $(TEST_ENV_COMMON) $(TEST_ARTIFACTS) \
@@ -327,14 +353,14 @@ test: test-setup
 else
 
 # Developers: the editable install of this tree (the wheel-only checks skip themselves).
-test-setup: deps
+test-setup: deps clients-venv
 	$(call install_yurt,$(CURDIR))
 
 test: test-setup
 	lint=0
 	( $(call run_lint) ) || lint=$$?
 	echo "==> pytest tests against the editable install (root-only tests skip themselves)"
-	'$(VENV)/bin/python' -m pytest $(PYTEST_FLAGS) $(PYTEST_PATHS)
+	YURT_TEST_CLIENTS_VENV='$(CLIENTS_VENV)' '$(VENV)/bin/python' -m pytest $(PYTEST_FLAGS) $(PYTEST_PATHS)
 	[ "$$lint" = 0 ] || { echo "error: lint failed (output above)" >&2; exit 1; }
 
 endif
@@ -357,7 +383,7 @@ ifeq ($(IS_ROOT),1)
 endif
 
 distclean: clean
-	rm -rf .venv
+	rm -rf .venv .venv-clients
 ifeq ($(IS_ROOT),1)
-	rm -rf '$(VENV)'
+	rm -rf '$(VENV)' '$(CLIENTS_VENV)'
 endif

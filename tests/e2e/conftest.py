@@ -578,3 +578,54 @@ def slurm() -> Iterator:
         pytest.skip("needs " + ", ".join(missing) + " (slurm-wlm, munge: scripts/install-system-deps)")
     with LocalSlurm() as cluster:
         yield cluster
+
+
+# --------------------------------------------------------------------------- workflow clients
+
+
+class ClientWorld:
+    """What the workflow-client tests share (see clients.py): the clients' venv, a directory with the
+    ``apptainer``/``singularity`` links, the registry, and the image with bash as a registry
+    reference (``ref``, without ``docker://``), a local SIF (``sif``) and its tree (``rootfs``)."""
+
+    def __init__(self, venv: Path, bin_dir: Path, registry: RunningRegistry, ref: str, sif: Path,
+                 rootfs: Path) -> None:
+        self.venv, self.bin_dir, self.registry = venv, bin_dir, registry
+        self.ref, self.sif, self.rootfs = ref, sif, rootfs
+
+    def env(self, home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+        from clients import client_env
+
+        return client_env(self.bin_dir, self.venv, home, self.registry.host, extra)
+
+
+@pytest.fixture(scope="session")
+def client_world(registry_http, busybox_rootfs, tmp_path_factory) -> ClientWorld:
+    """Session-wide: the bash image pushed to ``registry_http`` as ``HOST/clients/bash:1`` with yurt push,
+    built into ``bash.sif`` with yurt build (both as the apptainer link runs them, so setup itself uses
+    yurt's Apptainer names)."""
+    from clients import add_host_bash, clients_venv, make_apptainer_bin, ok
+    from installed_yurt import make_run_yurt
+
+    venv = clients_venv()
+    base = tmp_path_factory.mktemp("clients")
+    bin_dir = make_apptainer_bin(base / "bin")
+    rootfs = base / "bash-rootfs"
+    shutil.copytree(busybox_rootfs, rootfs, symlinks=True)
+    add_host_bash(rootfs)
+    (rootfs / "etc" / "clients-image").write_text("yurt-clients-image\n")  # proof a job ran in the image
+    (rootfs / "srv" / "rw").mkdir()  # writable by anyone, where --writable-tmpfs lets a job write
+    (rootfs / "srv" / "rw").chmod(0o1777)
+    # The runscript Apptainer writes for a docker image without ENTRYPOINT or CMD: run the arguments
+    # (cwltool runs its tools with `singularity run`), not the busybox tree's greeting.
+    runscript = rootfs / ".singularity.d" / "runscript"
+    runscript.unlink()
+    runscript.write_text('#!/bin/sh\nif [ $# -gt 0 ]; then exec "$@"; fi\nexec /bin/sh\n')
+    runscript.chmod(0o755)
+    ref = f"{registry_http.host}/clients/bash:1"
+    yurt = make_run_yurt(default_cwd=base)
+    env = {"YURT_CACHEDIR": str(base / "setup-cache")}
+    ok(yurt("push", "--insecure", rootfs, f"docker://{ref}", env=env, timeout=180))
+    sif = base / "bash.sif"
+    ok(yurt("build", sif, rootfs, env=env, timeout=300))
+    return ClientWorld(venv, bin_dir, registry_http, ref, sif, rootfs)

@@ -140,6 +140,11 @@ def test_pull_sandbox(apptainer, pushed, tmp_path):
     ok(apptainer("pull", "--nohttps", "--sandbox", f"docker://{pushed}"))
     assert (tmp_path / "bb_1/bin/busybox").is_file()  # the default name, less .sif
     assert ok(apptainer("exec", tmp_path / "bb_1", "echo", "sbx")) == "sbx\n"
+    if os.geteuid() != 0:  # the unpacked tree is the user's own, as Apptainer's unprivileged pull gives it
+        owners = {os.lstat(os.path.join(top, n)).st_uid for top, dirs, files in os.walk(tmp_path / "bb_1")
+                  for n in dirs + files}
+        assert owners == {os.getuid()}, owners
+    subprocess.run(["rm", "-rf", str(tmp_path / "bb_1")], check=True)
 
 
 def test_authfile_and_apptainer_docker_credentials(apptainer, registry_tls_auth, make_oci_image, skopeo_push,

@@ -468,3 +468,43 @@ From: {busybox_rootfs_copy}
     assert (out / str(outside).lstrip("/") / "file").read_text() == "in image\n"
     assert (out / "merge" / "keep").read_text() == "kept\n" and (out / "merge" / "new").read_text() == "new\n"
     assert (out / "x").read_text() == "new\n"
+
+
+def test_sif_to_sandbox_is_the_users_own(yurt_cmd, busybox_sif, tmp_path, mode):
+    """``build --sandbox DIR IMG.sif`` as a rootless user, nothing cached, with a subuid range or not: the
+    tree is the user's own, as Apptainer's unprivileged unsquashfs gives it, so the user can remove it with
+    ``rm -rf``.  (The SIF, built rootless, records the user's own id as every file's owner, which a build's
+    subuid map used to turn into an id of the range: the user could then neither move nor remove the tree.)"""
+    out = tmp_path / "sbx"
+    for run in ("uncached", "cached"):
+        r = yurt_cmd("build", "--sandbox", out, busybox_sif, env={**MODES[mode], "YURT_CACHEDIR": str(tmp_path / "c")},
+                     timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert "belongs to you" in r.stderr and SUBUID_MSG not in r.stderr, (run, r.stderr)
+        owners = {os.lstat(os.path.join(top, name)).st_uid for top, dirs, files in os.walk(out)
+                  for name in dirs + files} | {out.stat().st_uid}
+        assert owners == {os.getuid()}, (run, owners)
+        assert yurt_cmd("exec", out, "echo", "from the sandbox").stdout == "from the sandbox\n"
+        assert subprocess.run(["rm", "-rf", str(out)], capture_output=True, text=True).returncode == 0
+        assert not out.exists()
+
+
+def test_sandbox_build_with_steps_from_a_user_owned_sif_keeps_the_map(yurt_cmd, busybox_sif, tmp_path):
+    """A build that runs %post keeps its fakeroot id map, so the SIF's owner (the user, as it was built
+    rootless) is an id of the subuid range there, the tree's top directory included: moving that tree into
+    place (a rename to another parent) takes the build's root, and must work (it failed with EACCES)."""
+    if not has_subuid():
+        pytest.skip("no /etc/subuid and /etc/subgid range (or newuidmap) for this user")
+    recipe = write(tmp_path / "p.def", f"Bootstrap: localimage\nFrom: {busybox_sif}\n\n%post\n    echo made > /made\n")
+    out = tmp_path / "sbx"
+    r = yurt_cmd("build", "--sandbox", out, recipe, env={"YURT_CACHEDIR": str(tmp_path / "fresh-cache")}, timeout=300)
+    try:
+        assert r.returncode == 0, r.stderr
+        assert SUBUID_MSG in r.stderr
+        assert out.stat().st_uid != os.getuid() and (out / "made").stat().st_uid == os.getuid()  # 0 in the map
+        assert yurt_cmd("exec", out, "cat", "/made").stdout == "made\n"
+    finally:
+        if out.exists():  # its files belong to the subuid range: removed as the build's root
+            from yurt.builder.runner import detect_mode
+
+            detect_mode().call(shutil.rmtree, str(out))

@@ -191,6 +191,28 @@ def test_bind_flags(yurt_cmd, busybox_rootfs, tmp_path):
     assert not (b / "x").exists()
 
 
+def test_nested_bind_mountpoints_are_made_in_the_outer_bind(yurt_cmd, busybox_rootfs, tmp_path):
+    """A bind whose destination lies in an earlier bind and does not exist there gets its mount point made
+    in that bind's source on the host, as Apptainer does (cwltool binds each input into its output
+    directory, bound as --home); in a read-only bind that cannot be, and the error says so in one line."""
+    out, data, ro = tmp_path / "out", tmp_path / "data", tmp_path / "ro"
+    for d in (out, data, ro):
+        d.mkdir()
+    (data / "in.txt").write_text("input\n")
+    (data / "sub").mkdir()
+    (data / "sub" / "f").write_text("f\n")
+    r = yurt_cmd("exec", "--home", f"{out}:/work", "-B", f"{data / 'in.txt'}:/work/stage/in.txt:ro",
+                 "--mount", f"type=bind,source={data / 'sub'},target=/work/dir", busybox_rootfs,
+                 "sh", "-c", "cat /work/stage/in.txt /work/dir/f")
+    assert ok(r) == "input\nf\n"
+    assert (out / "stage" / "in.txt").is_file() and (out / "stage" / "in.txt").read_text() == ""  # the mount point
+    assert (out / "dir").is_dir() and list((out / "dir").iterdir()) == []
+    r = yurt_cmd("exec", "-B", f"{ro}:/srv/ro:ro", "-B", f"{data / 'in.txt'}:/srv/ro/x", busybox_rootfs, "true")
+    assert r.returncode == 255 and r.stderr.count("\n") == 1, r.stderr
+    assert "/srv/ro/x does not exist in the container and cannot be created" in r.stderr, r.stderr
+    assert list(ro.iterdir()) == []
+
+
 def test_bind_errors_are_one_line(yurt_cmd, busybox_rootfs):
     r = yurt_cmd("exec", "-B", "/nonexistent-src:/x", busybox_rootfs, "true")
     assert r.returncode == 255

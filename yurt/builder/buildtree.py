@@ -13,7 +13,7 @@ import errno
 import os
 
 from yurt.builder.agents import copy_tree
-from yurt.builder.runner import SINGLE, Runner, _say
+from yurt.builder.runner import SINGLE, SUBUID, Runner, _say
 from yurt.errors import BuildError, YurtError, warn
 
 
@@ -124,6 +124,21 @@ def _place_sandbox(runner: Runner, src: str, out: str) -> None:
     try:
         os.rename(src, out)
     except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM) and runner.mode == SUBUID:
+            # A build with steps, from an image whose / is not root's (a SIF built rootless records the
+            # builder's id): under the build's id map the tree's top directory belongs to an id of the
+            # subuid range, and moving a directory to another parent rewrites its '..', which takes write
+            # access to it: only the build's root has that.  (A plain conversion, nothing run, has no
+            # map: its tree is the user's, see yurt.builder.runner.detect_mode.)
+            runner.call(_rename, src, out)
+            return
         if e.errno != errno.EXDEV:
             raise BuildError(f"cannot move the sandbox to {out}: {e.strerror}")
         runner.call(copy_tree, ["cp", "-a", "--", src, out], f"copying the sandbox to {out}")
+
+
+def _rename(src: str, out: str) -> None:
+    try:
+        os.rename(src, out)
+    except OSError as e:
+        raise BuildError(f"cannot move the sandbox to {out}: {e.strerror}")

@@ -285,4 +285,21 @@ def build(recipe_path: str, out: str, *, sandbox: bool = False, notest: bool = F
         finish(b, last, out, sandbox=sandbox, compression=compression, mksquashfs_args=mksquashfs_args,
                deffile=text.encode())
 
-    in_workspace(out, make)
+    in_workspace(out, make, conversion=sandbox and is_conversion(definitions))
+
+
+# What a stage may have and still be a plain conversion: metadata the build writes itself.
+_STEP_SECTIONS = ("pre", "setup", "files", "post", "test", "appinstall", "appfiles", "apptest")
+_IMAGE_AGENTS = ("localimage", *agents.OCI_AGENTS)
+
+
+def is_conversion(definitions) -> bool:
+    """Whether the recipe only unpacks an image (``build --sandbox DIR IMG.sif``, ``pull --sandbox``, a
+    header with metadata sections): one stage from an image, no step that runs or copies anything, no apps
+    (their layout is made by a %post prologue).  Such a sandbox is the user's own (Apptainer's unprivileged
+    build); a build with steps keeps the fakeroot id map its steps ran under."""
+    if len(definitions) != 1:
+        return False
+    d = definitions[0]
+    return d.bootstrap in _IMAGE_AGENTS and not d.apps and not d.files_from \
+        and not any(d.sections_named(name) for name in _STEP_SECTIONS)

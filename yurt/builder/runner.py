@@ -202,10 +202,20 @@ def _run_checked(argv: list[str], what: str, env: dict | None, cwd: str | None) 
         raise BuildError(f"{what} failed with " + (f"signal {-rc}" if rc < 0 else f"exit status {rc}"))
 
 
-def detect_mode() -> Runner:
-    """The build's kind of root (see the module docstring), said once on stderr."""
+def detect_mode(*, conversion: bool = False) -> Runner:
+    """The build's kind of root (see the module docstring), said once on stderr.
+
+    ``conversion``: the build only unpacks an image into a sandbox (nothing runs in it, nothing
+    is copied in), so a rootless builder gets the tree as its own, every file the builder's, as
+    Apptainer's unprivileged unsquashfs gives it: no id map, which would turn an image's ids,
+    the builder's own included, into ids of the subuid range the builder can neither change nor
+    remove.
+    """
     if os.geteuid() == 0:
         return Runner(ROOT)
+    if conversion:
+        _say("unpacking into a sandbox that belongs to you (nothing runs in it)")
+        return Runner(SINGLE)
     from yurt.runtime import idmap
     from yurt.runtime.plan import _user_info
 

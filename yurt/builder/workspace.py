@@ -63,12 +63,13 @@ def check_output(out: str, *, sandbox: bool, force: bool, compression: str) -> N
             raise BuildError(f"unknown squashfs compression {compression!r}", f"use one of: {', '.join(COMPRESSIONS)}")
 
 
-def in_workspace(out: str, make) -> None:
+def in_workspace(out: str, make, *, conversion: bool = False) -> None:
     """``make(runner, work, ctl)`` with a fresh work directory next to OUT, removed whatever happens.
 
-    Ctrl-C and SIGTERM end the build cleanly ("nothing was built").
+    Ctrl-C and SIGTERM end the build cleanly ("nothing was built").  ``conversion``: see
+    :func:`yurt.builder.runner.detect_mode`.
     """
-    runner = detect_mode()
+    runner = detect_mode(conversion=conversion)
     work = tempfile.mkdtemp(prefix=".yurt-build-", dir=_tmp_base(out))
     ctl = None
     try:

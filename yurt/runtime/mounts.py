@@ -197,6 +197,26 @@ class MountExecutor:
         self.log(f"created mountpoint {m.destination}")
         return True
 
+    def make_hidden_mountpoint(self, m: Mount, existing: str, missing: list[str]) -> None:
+        """Create a destination that an earlier mount hides (the image's layer could not hold it): as
+        Apptainer does for nested binds, in what is mounted there, e.g. an empty file in the host
+        directory bound as the home (cwltool binds its inputs into its output directory that way).
+        Nothing here is an image's: the components are new, made without following links."""
+        parent = host_path(self.final, existing)
+        try:
+            for comp in missing[:-1]:
+                parent = os.path.join(parent, comp)
+                os.mkdir(parent, 0o755)
+            target = os.path.join(parent, missing[-1])
+            if self.wants_file(m):
+                os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+            else:
+                os.mkdir(target, 0o755)
+        except OSError as e:
+            raise RuntimeSetupError(f"mount destination {m.destination} does not exist in the container and cannot "
+                                    f"be created in what is mounted on {existing}: {os_error_text(e)}")
+        self.log(f"created mountpoint {m.destination} in the mount on {existing}")
+
     @staticmethod
     def wants_file(m: Mount) -> bool:
         if m.kind in FILE_KINDS:
@@ -222,8 +242,10 @@ class MountExecutor:
         if missing:
             if m.optional:
                 return
-            raise RuntimeSetupError(f"mount destination {m.destination} does not exist in the container",
-                                    "an earlier bind may hide it")
+            self.make_hidden_mountpoint(m, existing, missing)
+            existing, missing = resolve_in_root(self.final, m.destination)
+            if missing or not check_destination(m, existing, missing):
+                raise RuntimeSetupError(f"mount destination {m.destination} does not exist in the container")
         path = host_path(self.final, existing)
         if "if-not-visible" in m.options and m.source and _same_file(m.source, path):
             self.log(f"skip {m.destination}: already visible")
