@@ -34,11 +34,9 @@ SUITE = Path(__file__).resolve().parent.parent / "data" / "cwl-v1.2"
 IMAGES = ("docker.io/debian:stable-slim", "docker.io/python:3-slim", "docker.io/alpine:latest", "docker.io/bash:4.4")
 DEFAULT_CONTAINER = IMAGES[0]
 
-# Measured: 66 of the 68 entries pass (cwltest 2.7, cwltool 3.3, yurt as singularity).
-PASS_FLOOR = 66
+# Measured: 67 of the 68 entries pass (cwltest 2.7, cwltool 3.3, yurt as singularity).
+PASS_FLOOR = 67
 KNOWN_FAILURES = {
-    "colon_in_paths": "yurt's --mount turns each mount into a -B spec, so a source or target with ':' "
-                      "(tests/A:Gln2Cys) is refused; Apptainer's --mount takes it (yurt/cli/apptainer.py mount_binds)",
     "filename_with_hash_mark": "cwltool itself refuses 'item #1.txt' when it runs tools in containers (\"contains "
                                "illegal characters\"; it would need --relax-path-checks): not yurt",
 }

@@ -167,6 +167,20 @@ def test_mount_option(apptainer, busybox_sif, tmp_path):
     refused(apptainer("exec", "--mount", "type=volume,source=v,target=/x", busybox_sif, "true"), "--mount")
 
 
+def test_mount_paths_with_colon_and_comma(apptainer, busybox_sif, tmp_path):
+    # -B cannot say these names (':' and ',' separate its fields); --mount's CSV can, as in Apptainer
+    # (cwltool stages inputs such as "A:Gln2Cys" this way).
+    data = tmp_path / "A:Gln,2Cys"
+    data.mkdir()
+    (data / "f").write_text("odd name\n")
+    spec = f'type=bind,"source={data}","target=/in/B:x,y",readonly'
+    assert ok(apptainer("exec", "--mount", spec, busybox_sif, "cat", "/in/B:x,y/f")) == "odd name\n"
+    r = apptainer("exec", "--mount", spec, busybox_sif, "touch", "/in/B:x,y/g")
+    assert r.returncode != 0 and "Read-only file system" in r.stderr
+    refused(apptainer("exec", "--mount", f'type=bind,"source={data}",target=relative', busybox_sif, "true"),
+            "must be an absolute path")
+
+
 def test_network_none_and_no_eval_and_userns(apptainer, busybox_sif):
     out = ok(apptainer("exec", "--net", "--network", "none", busybox_sif, "ls", "/sys/class/net"))
     assert out.split() == ["lo"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 
 from yurt.errors import UsageError
+from yurt.runtime.plan import Bind, make_bind
 
 ROOTLESS = "yurt runs with your own privileges"
 REFUSED = {
@@ -199,9 +200,9 @@ def _scratch_path(text: str) -> str:
     return path
 
 
-def mount_binds(text: str) -> list[str]:
+def mount_binds(text: str) -> list[Bind]:
     """``--mount type=bind,source=S,target=D[,readonly]`` (CSV, as docker and Apptainer read it; one mount a
-    line) -> ``-B`` specs ``S:D[:ro]``."""
+    line) -> the binds ``-B S:D[:ro]`` would make."""
     out = []
     for line in text.split("\n"):
         if not line.strip():
@@ -233,10 +234,7 @@ def mount_binds(text: str) -> list[str]:
         if not src or not dst:
             raise UsageError(f"--mount {text!r}: needs a source and a destination",
                              "type=bind,source=SRC,target=DST")
-        for what, path in (("source", src), ("destination", dst)):
-            if ":" in path or "," in path:
-                raise UsageError(f"--mount {text!r}: yurt cannot bind a {what} with ':' or ',' in its name")
-        out.append(f"{src}:{dst}" + (":ro" if ro else ""))
+        out.append(make_bind(src, dst, ro))  # made here: its paths may hold ':' and ',', which -B cannot say
     return out
 
 

@@ -58,7 +58,7 @@ class ActionRequest(Record):
     action: str  # exec | run | shell
     image: Image
     args: list[str]
-    binds: list[str]
+    binds: list[str | Bind]  # -B specs, and --mount's binds already made
     home: str | None
     no_home: bool
     pwd: str | None
@@ -115,8 +115,9 @@ class Bind(Record):
     optional: bool  # skipped when the source is gone at mount time (site binds)
 
 
-def parse_binds(items: list[str]) -> list[Bind]:
-    """``src[:dst[:ro|rw]]``, comma separated, repeatable (Apptainer syntax).
+def parse_binds(items: list[str | Bind]) -> list[Bind]:
+    """``src[:dst[:ro|rw]]``, comma separated, repeatable (Apptainer syntax); a :class:`Bind` already made
+    (``--mount``, whose paths may hold ``:`` and ``,``: :func:`make_bind`) is taken as it is.
 
     An empty value binds nothing (``-B "$EXTRA"`` with EXTRA unset, as Apptainer allows); an
     empty entry in a list (``-B a,,b``, ``-B ,,,``) or an empty source (``-B :``, ``-B :/dst``) is
@@ -124,6 +125,9 @@ def parse_binds(items: list[str]) -> list[Bind]:
     """
     out: list[Bind] = []
     for item in items:
+        if isinstance(item, Bind):
+            out.append(item)
+            continue
         if not item.strip():  # `-B ''`, YURT_BIND='': no bind, as in Apptainer
             continue
         for spec in item.split(","):
@@ -142,10 +146,15 @@ def parse_binds(items: list[str]) -> list[Bind]:
                 dst, opt = src, parts[1]
             if opt not in ("ro", "rw"):
                 raise UsageError(f"bad bind option {opt!r} in {spec!r}", "use ro or rw")
-            if not dst.startswith("/"):
-                raise UsageError(f"bind destination {dst!r} must be an absolute path")
-            out.append(Bind(_normalise(src), _normalise(dst), opt == "ro"))
+            out.append(make_bind(src, dst, opt == "ro"))
     return out
+
+
+def make_bind(source: str, destination: str, readonly: bool) -> Bind:
+    """One bind from its parts (a relative source is taken from the current directory)."""
+    if not destination.startswith("/"):
+        raise UsageError(f"bind destination {destination!r} must be an absolute path")
+    return Bind(_normalise(os.path.abspath(source)), _normalise(destination), readonly)
 
 
 # Binds that would hide the kernel's file systems are refused (runc, Apptainer): at /, /proc, /sys and
