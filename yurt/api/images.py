@@ -115,6 +115,8 @@ def inspect(image: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _local(image: str | os.PathLike[str]) -> str:
     text = os.fspath(image)
-    if text.startswith(("docker://", "oras://", "oci:", "oci-archive:", "docker-archive:", "instance://")):
+    from yurt.image.source import PULLED_SCHEMES
+
+    if text.startswith((*PULLED_SCHEMES, "instance://")):
         raise UsageError(f"inspect reads a local image, not {text!r}", "pull it first: yurt.api.pull(ref)")
     return text

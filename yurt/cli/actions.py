@@ -166,7 +166,9 @@ def plan_from(command: str, values: dict, positionals: list[str], ctx):
     # default): `--app "$APP"` with APP empty runs no app.
     if values["hostname"]:
         check_hostname(values["hostname"])
-    if values.get("disable_cache") and positionals[0].startswith(_PULLED):
+    from yurt.image.source import PULLED_SCHEMES
+
+    if values.get("disable_cache") and positionals[0].startswith(PULLED_SCHEMES):
         from yurt.cli.pull import without_cache
 
         with without_cache():  # pulled into a temporary cache, removed once the image is open
@@ -307,15 +309,12 @@ def _mpi_hook(spec, env: dict[str, str]) -> None:
 INTEGRATIONS = {"yurt-mpi.json": _mpi_hook}
 
 
-_PULLED = ("docker://", "oras://", "oci:", "oci-archive:", "docker-archive:")
-
-
 def _opened(ref: str, ctx, values: dict | None = None):
     """The image ``ref`` names, opened: a path, or for ``docker://``, ``oras://``, ``oci:``... the cached SIF
     (pulled first when missing), or under a site policy a private copy in memory (yurt.registry.private)."""
-    if not ref.startswith(_PULLED):
-        from yurt.image.source import open_image
+    from yurt.image.source import PULLED_SCHEMES, open_image
 
+    if not ref.startswith(PULLED_SCHEMES):
         return open_image(ref)
     from yurt.cli.pull import options_from_environment
     from yurt.registry.pull import open_pulled

@@ -22,6 +22,9 @@ SIF_MAGIC_OFFSET = 32
 SIF_MAGIC = b"SIF_MAGIC"
 REMOTE_SCHEMES = ("docker://", "oras://", "library://", "shub://", "oci:", "oci-archive:",
                   "docker-archive:", "http://", "https://", "instance://")
+# The references yurt.registry.pull turns into a SIF (from a registry, or a local OCI source): run from the
+# cache, or under a site policy from a private copy (yurt.registry.pull.open_pulled).
+PULLED_SCHEMES = ("docker://", "oras://", "oci:", "oci-archive:", "docker-archive:")
 
 
 class Image(Record):

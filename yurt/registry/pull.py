@@ -20,13 +20,14 @@ from pathlib import Path
 
 from yurt.errors import ImageError, UsageError
 from yurt.image import metadata
+from yurt.image.source import PULLED_SCHEMES
 from yurt.record import Record
 from yurt.registry.fetch import SIF_LAYER_TYPES, PullOptions, fetch_blobs, resolve_manifest
 
 __all__ = ["PullOptions", "PullResult", "is_pullable", "open_pulled", "pull"]
 
-LOCAL_SCHEMES = ("oci:", "oci-archive:", "docker-archive:")
 REMOTE_SCHEMES = ("docker://", "oras://")
+LOCAL_SCHEMES = tuple(s for s in PULLED_SCHEMES if s not in REMOTE_SCHEMES)
 
 
 class PullResult(Record):
@@ -40,7 +41,7 @@ class PullResult(Record):
 
 
 def is_pullable(ref: str) -> bool:
-    return ref.startswith(REMOTE_SCHEMES + LOCAL_SCHEMES)
+    return ref.startswith(PULLED_SCHEMES)
 
 
 def open_pulled(ref_text: str, options: PullOptions | None = None):

@@ -21,10 +21,10 @@ import os
 import stat
 
 from yurt.errors import ImageError
+from yurt.store.files import parse_digest
 
 _CHUNK = 1 << 20
 _SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
-_ALGORITHMS = ("sha256", "sha512")
 
 
 class DigestMismatch(ImageError):
@@ -70,9 +70,7 @@ def verified_copy(source: str | os.PathLike[str] | int, digest: str, size: int, 
     meanwhile: only its bytes, as read once, count.
     """
     what = what or digest
-    algorithm, _, expected = digest.partition(":")
-    if algorithm not in _ALGORITHMS or not expected:
-        raise ImageError(f"{what}: cannot verify digest {digest!r} (yurt checks sha256 and sha512)")
+    algorithm, expected = parse_digest(digest)  # the cache's one gate for digests (sha256, sha512)
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ImageError(f"{what}: invalid size {size!r}")
     own = not isinstance(source, int)
