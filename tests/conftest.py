@@ -315,3 +315,53 @@ def test_user(repo_root: Path) -> TestUser:
     if probe.returncode != 0:
         pytest.skip(f"{user} cannot run {' '.join(yurt_argv())} (a venv {user} can read: make test as root)")
     return TestUser(pw, repo_root)
+
+
+SITE_FILE = Path("/etc/yurt/yurt.toml")
+
+
+class SiteFile:
+    """The site policy file of the machine, for root tests: ``install(text)`` writes it (root's, 0644,
+    atomically) and returns its path, ``remove()`` deletes it."""
+
+    path = SITE_FILE
+
+    @staticmethod
+    def install(text: str) -> Path:
+        import tempfile
+
+        SITE_FILE.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=SITE_FILE.parent, prefix=".yurt.toml.")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, SITE_FILE)
+        return SITE_FILE
+
+    @staticmethod
+    def remove() -> None:
+        SITE_FILE.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def site_file():
+    """:class:`SiteFile`, starting from no site file; whatever was there before is put back afterwards
+    (``make test`` runs the root tests with an empty ``/etc/yurt`` of their own, so there is none)."""
+    made_dir = not SITE_FILE.parent.exists()
+    before = SITE_FILE.read_bytes() if SITE_FILE.exists() else None
+    before_mode = SITE_FILE.stat().st_mode & 0o7777 if before is not None else None
+    try:
+        SiteFile.remove()
+        yield SiteFile
+    finally:
+        if before is None:
+            SITE_FILE.unlink(missing_ok=True)
+        else:
+            SITE_FILE.write_bytes(before)
+            os.chmod(SITE_FILE, before_mode)
+            os.chown(SITE_FILE, 0, 0)
+        if made_dir:
+            try:
+                SITE_FILE.parent.rmdir()
+            except OSError:
+                pass  # something else lives there now

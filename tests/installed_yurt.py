@@ -32,6 +32,19 @@ def yurt_argv() -> list[str]:
     return [sys.executable, "-m", "yurt"]
 
 
+def yurt_link(directory: Path, name: str) -> Path:
+    """``directory/name``: a symbolic link to the installed ``yurt`` script, yurt started under another name
+    (``apptainer``, as a site links it).  Skips the test where yurt is not installed as a script."""
+    argv = yurt_argv()
+    if len(argv) != 1:
+        import pytest
+
+        pytest.skip("yurt is not installed as a script (python -m yurt): no name to link to")
+    link = directory / name
+    link.symlink_to(argv[0])
+    return link
+
+
 RunYurt = Callable[..., subprocess.CompletedProcess]
 
 

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from installed_yurt import make_run_yurt, yurt_argv
+from installed_yurt import make_run_yurt, yurt_link
 
 pytestmark = [pytest.mark.e2e]
 
@@ -34,11 +34,7 @@ def pushed(registry_http, umoci_image, skopeo_push, busybox_rootfs, tmp_path_fac
 
 @pytest.fixture
 def apptainer(tmp_path):
-    argv = yurt_argv()
-    if len(argv) != 1:
-        pytest.skip("yurt is not installed as a script: no name to link to")
-    link = tmp_path / "apptainer"
-    link.symlink_to(argv[0])
+    link = yurt_link(tmp_path, "apptainer")
     cache = tmp_path / "cache"
 
     def run(*args, env=None, timeout=300, cwd=None):

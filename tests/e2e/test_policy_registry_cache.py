@@ -43,33 +43,13 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def site_file():
-    """``install(text)`` writes /etc/yurt/yurt.toml (root's, 0644), ``remove()`` deletes it; removed after.
-
-    Refuses to run where a site file already exists: that is a machine's (or another test's) policy, and
-    this test must run in a mount namespace of its own (see the module docstring)."""
+@pytest.fixture(autouse=True, scope="module")
+def _no_machine_policy():
+    """The shared ``site_file`` fixture replaces a site file for the test; this module refuses to run where
+    one exists at all: that is a machine's (or another test's) policy, and these tests must run in a mount
+    namespace of their own (see the module docstring)."""
     if SITE.exists():
         pytest.skip(f"{SITE} exists: run the root tests in a private mount namespace with an empty /etc/yurt")
-
-    class Site:
-        @staticmethod
-        def install(text: str) -> None:
-            SITE.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=SITE.parent, prefix=".yurt.toml.")
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, SITE)
-
-        @staticmethod
-        def remove() -> None:
-            SITE.unlink(missing_ok=True)
-
-    try:
-        yield Site
-    finally:
-        SITE.unlink(missing_ok=True)
 
 
 def _sha256(data: bytes) -> str:

@@ -17,7 +17,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from installed_yurt import make_run_yurt, yurt_argv
+from installed_yurt import make_run_yurt, yurt_argv, yurt_link
 
 pytestmark = [pytest.mark.userns]
 
@@ -54,11 +54,10 @@ class Named:
 @pytest.fixture
 def names(tmp_path: Path) -> Path:
     """A directory with ``apptainer`` and ``singularity`` links to the installed yurt."""
-    script = _installed_script()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name in ("apptainer", "singularity"):
-        (bin_dir / name).symlink_to(script)
+        yurt_link(bin_dir, name)
     return bin_dir
 
 

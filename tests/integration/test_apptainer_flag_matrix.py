@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from installed_yurt import REPO_ROOT, yurt_argv
+from installed_yurt import REPO_ROOT, yurt_link
 
 pytestmark = [pytest.mark.userns]
 
@@ -207,11 +207,7 @@ def test_every_named_behaviour_test_exists():
 
 @pytest.fixture
 def apptainer(tmp_path):
-    argv = yurt_argv()
-    if len(argv) != 1:
-        pytest.skip("yurt is not installed as a script: no name to link to")
-    link = tmp_path / "apptainer"
-    link.symlink_to(argv[0])
+    link = yurt_link(tmp_path, "apptainer")
 
     def run(*args, env=None, timeout=120):
         return subprocess.run([str(link), *map(str, args)], capture_output=True, text=True, cwd=tmp_path,

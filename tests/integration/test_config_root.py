@@ -16,40 +16,6 @@ import pytest
 
 pytestmark = [pytest.mark.root]
 
-SITE = Path("/etc/yurt/yurt.toml")
-
-
-@pytest.fixture
-def site_file():
-    """``install(text)`` writes /etc/yurt/yurt.toml (root-owned, 0644); undone afterwards."""
-    made_dir = not SITE.parent.exists()
-    before = SITE.read_bytes() if SITE.exists() else None
-    before_mode = SITE.stat().st_mode & 0o7777 if before is not None else None
-
-    def install(text: str) -> Path:
-        SITE.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=SITE.parent, prefix=".yurt.toml.")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, SITE)
-        return SITE
-
-    try:
-        yield install
-    finally:
-        if before is None:
-            SITE.unlink(missing_ok=True)
-        else:
-            SITE.write_bytes(before)
-            os.chmod(SITE, before_mode)
-            os.chown(SITE, 0, 0)
-        if made_dir:
-            try:
-                SITE.parent.rmdir()
-            except OSError:
-                pass  # something else lives there now
-
 
 @pytest.fixture
 def shared_dir():
@@ -84,7 +50,7 @@ def test_site_bind_appears_and_denied_binds_are_refused(site_file, shared_dir, b
     (shared_dir / "scratch" / "hello").write_text("site scratch\n")
     secret = shared_dir / "secret"
     secret.mkdir(mode=0o755)
-    site_file(f'site_binds = ["{shared_dir}/scratch:/scratch", "/no/such/dir"]\n'
+    site_file.install(f'site_binds = ["{shared_dir}/scratch:/scratch", "/no/such/dir"]\n'
               f'deny_binds = ["{secret}"]\n')
     assert _ok(test_user.yurt("exec", img, "cat", "/scratch/hello")) == "site scratch\n"
     _fails(test_user.yurt("exec", "-B", f"{secret}:/s", img, "true"), "the site denies binding", str(secret))
@@ -100,7 +66,7 @@ def test_images_outside_allowed_locations_or_owners_are_refused(site_file, share
     os.chown(users, test_user.pw.pw_uid, test_user.pw.pw_gid)
     link = shared_dir / "images" / "link"
     link.symlink_to(elsewhere)
-    site_file(f'allowed_image_paths = ["{shared_dir}/images"]\nallowed_image_owners = ["root"]\n')
+    site_file.install(f'allowed_image_paths = ["{shared_dir}/images"]\nallowed_image_owners = ["root"]\n')
     assert _ok(test_user.yurt("exec", good, "echo", "ran")) == "ran\n"
     _fails(test_user.yurt("exec", elsewhere, "true"), "not in a location the site allows")
     _fails(test_user.yurt("exec", link, "true"), "not in a location the site allows")
@@ -109,7 +75,7 @@ def test_images_outside_allowed_locations_or_owners_are_refused(site_file, share
 
 def test_disallowed_registry_is_refused_without_contacting_it(site_file, shared_dir, busybox_rootfs, test_user):
     img = _image(busybox_rootfs, shared_dir / "img")
-    site_file('allowed_registries = ["registry.example.org"]\n')
+    site_file.install('allowed_registries = ["registry.example.org"]\n')
     for args in (("pull", "docker://quay.io/org/tool:1"), ("exec", "docker://quay.io/org/tool:1", "true"),
                  ("pull", "oras://quay.io/org/tool:1"), ("push", img, "docker://quay.io/org/tool:1")):
         _fails(test_user.yurt(*args, timeout=60), "registry quay.io", "is not allowed by the site")
@@ -119,7 +85,7 @@ def test_user_cannot_loosen_site_policy(site_file, shared_dir, busybox_rootfs, t
     img = _image(busybox_rootfs, shared_dir / "img")
     secret = shared_dir / "secret"
     secret.mkdir(mode=0o755)
-    site_file(f'deny_binds = ["{secret}"]\n')
+    site_file.install(f'deny_binds = ["{secret}"]\n')
     xdg = shared_dir / "xdg"
     (xdg / "yurt").mkdir(parents=True)
     user_file = xdg / "yurt" / "config.toml"
@@ -144,7 +110,7 @@ def test_user_cannot_loosen_site_policy(site_file, shared_dir, busybox_rootfs, t
 
 def test_site_file_the_user_could_write_is_refused(site_file, shared_dir, busybox_rootfs, test_user):
     img = _image(busybox_rootfs, shared_dir / "img")
-    path = site_file("contain = false\n")
+    path = site_file.install("contain = false\n")
     _ok(test_user.yurt("exec", img, "true"))
     os.chown(path, test_user.pw.pw_uid, test_user.pw.pw_gid)
     _fails(test_user.yurt("exec", img, "true"), "writable by you")
@@ -152,5 +118,5 @@ def test_site_file_the_user_could_write_is_refused(site_file, shared_dir, busybo
 
 def test_require_signed_images_is_rejected_until_signing_exists(site_file, shared_dir, busybox_rootfs, test_user):
     img = _image(busybox_rootfs, shared_dir / "img")
-    site_file("require_signed_images = true\n")
+    site_file.install("require_signed_images = true\n")
     _fails(test_user.yurt("exec", img, "true"), "require_signed_images", "cannot sign or verify")

@@ -46,44 +46,6 @@ SWAPS = 200  # runs of yurt per image kind while the link is being swapped
 
 
 @pytest.fixture
-def site_file():
-    """``install(text)`` writes /etc/yurt/yurt.toml (root-owned, 0644), ``remove()`` deletes it; undone after."""
-    made_dir = not SITE.parent.exists()
-    before = SITE.read_bytes() if SITE.exists() else None
-    before_mode = SITE.stat().st_mode & 0o7777 if before is not None else None
-
-    class Site:
-        @staticmethod
-        def install(text: str) -> None:
-            SITE.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=SITE.parent, prefix=".yurt.toml.")
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, SITE)
-
-        @staticmethod
-        def remove() -> None:
-            SITE.unlink(missing_ok=True)
-
-    try:
-        Site.remove()
-        yield Site
-    finally:
-        if before is None:
-            SITE.unlink(missing_ok=True)
-        else:
-            SITE.write_bytes(before)
-            os.chmod(SITE, before_mode)
-            os.chown(SITE, 0, 0)
-        if made_dir:
-            try:
-                SITE.parent.rmdir()
-            except OSError:
-                pass
-
-
-@pytest.fixture
 def other_user(test_user):
     """The second unprivileged user, created when missing; same interface as ``test_user``."""
     try:
