@@ -269,3 +269,12 @@ def test_hostile_manifest_descriptors_are_one_line_errors(desc):
 
     with pytest.raises(YurtError):
         _check_descriptor(desc, "registry.example.org/x")
+
+
+def test_pull_options_name_the_platform_local_sources_pick():
+    from yurt.registry.fetch import PullOptions
+
+    assert PullOptions().platform() is None  # the host's
+    assert PullOptions(arch="arm64").platform() == "linux/arm64"
+    assert PullOptions(arch="arm", variant="v7").platform() == "linux/arm/v7"
+    assert PullOptions(variant="v7").platform() is None  # a variant alone picks nothing

@@ -34,6 +34,12 @@ class PullOptions(Record):
     quiet: bool
     progress: object
 
+    def platform(self) -> str | None:
+        """``linux/ARCH[/VARIANT]`` to pick from a local OCI index, or None (the host's)."""
+        if not self.arch:
+            return None
+        return f"linux/{self.arch}" + (f"/{self.variant}" if self.variant else "")
+
 
 def client_for(ref, options: PullOptions):
     """A client for ``ref``'s registry, once the site's ``allowed_registries`` admits it."""

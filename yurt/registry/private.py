@@ -156,10 +156,9 @@ def _local(ref_text: str, options: PullOptions) -> Image:
     from yurt.image import oci_local
     from yurt.image.layer_blob import Layer
 
-    platform = f"linux/{options.arch}" + (f"/{options.variant}" if options.variant else "") if options.arch else None
     held: list = []
     try:
-        with oci_local.open_local(ref_text, platform=platform) as image:
+        with oci_local.open_local(ref_text, platform=options.platform()) as image:
             for i, layer in enumerate(image.layers):
                 size = layer.size if layer.size is not None else os.stat(layer.path).st_size
                 what = f"{ref_text}: layer {i + 1} of {len(image.layers)} ({layer.digest})"

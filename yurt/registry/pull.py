@@ -79,8 +79,7 @@ def pull(ref_text: str, options: PullOptions | None = None, store=None) -> PullR
 def _pull_local(ref_text: str, options: PullOptions, store) -> PullResult:
     from yurt.image import oci_local
 
-    platform = f"linux/{options.arch}" + (f"/{options.variant}" if options.variant else "") if options.arch else None
-    with oci_local.open_local(ref_text, platform=platform) as image:
+    with oci_local.open_local(ref_text, platform=options.platform()) as image:
         return _convert(store, image.manifest_digest, image.config, image.layers, options, downloaded=0)
 
 
